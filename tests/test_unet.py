@@ -1,0 +1,215 @@
+"""Tests for the DDPM/ADM U-Net and its factory (diffjax/models)."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from diffjax.models import build_model, count_params, validate_unet_config
+from diffjax.models.unet import UNet
+
+TINY = dict(ch=32, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(8,), dropout=0.1)
+TINY_SHAPE = (2, 16, 16, 1)
+
+
+def _model_cfg(**overrides) -> ml_collections.ConfigDict:
+    cfg = ml_collections.ConfigDict(
+        dict(
+            name="unet",
+            ch=128,
+            ch_mult=(1, 2, 2, 2),
+            num_res_blocks=2,
+            attn_resolutions=(16,),
+            dropout=0.1,
+            num_heads=1,
+            head_channels=-1,
+            resblock_updown=False,
+            use_scale_shift_norm=False,
+            class_conditional=False,
+            dtype="float32",
+        )
+    )
+    cfg.update(overrides)
+    return cfg
+
+
+def _random_params(model: UNet, shape=TINY_SHAPE, seed: int = 123):
+    """Random params with the shapes of `model.init`, drawn in NumPy (no compile).
+
+    Unlike the real init, no layer is zero, so every layer influences the output. Kernels and
+    embeddings ~ N(0, 1/fan_in), GroupNorm scales ~ 1 + N(0, 0.05^2), biases ~ N(0, 0.05^2).
+    """
+    shapes = jax.eval_shape(
+        lambda: model.init(
+            {"params": jax.random.PRNGKey(0)}, jnp.zeros(shape), jnp.zeros(shape[:1])
+        )
+    )["params"]
+    rng = np.random.default_rng(seed)
+
+    def draw(path, leaf):
+        name = path[-1].key
+        noise = rng.standard_normal(leaf.shape).astype(leaf.dtype)
+        if name in ("kernel", "embedding"):
+            return jnp.asarray(noise / np.sqrt(np.prod(leaf.shape[:-1])))
+        return jnp.asarray((name == "scale") + 0.05 * noise)
+
+    return jax.tree_util.tree_map_with_path(draw, shapes)
+
+
+def _inputs(shape=TINY_SHAPE):
+    x = jax.random.normal(jax.random.PRNGKey(1), shape)
+    t = jnp.array([10.0, 500.0])[: shape[0]]
+    return x, t
+
+
+def test_ddpm_cifar10_param_count_matches_diffusers():
+    # diffusers UNet2DModel, google/ddpm-cifar10-32 config: 35,746,307 parameters.
+    model = build_model(_model_cfg(), image_shape=(32, 32, 3))
+    shapes = jax.eval_shape(
+        lambda: model.init(
+            {"params": jax.random.PRNGKey(0)}, jnp.zeros((1, 32, 32, 3)), jnp.zeros((1,))
+        )
+    )
+    assert count_params(shapes["params"]) == 35_746_307
+
+
+def test_init_output_is_zero_as_in_adm():
+    # ADM zero-initialises the last conv of each block and the output conv (`zero_module`).
+    model = UNet(out_channels=1, **TINY)
+    x, t = _inputs()
+    init = jax.jit(model.init)  # Compiling is faster than eager init on CPU.
+    variables = init({"params": jax.random.PRNGKey(0)}, x, t)
+    assert set(variables) == {"params"}
+    assert not np.any(variables["params"]["conv_out"]["kernel"])
+    np.testing.assert_array_equal(jax.jit(model.apply)(variables, x, t), np.zeros(TINY_SHAPE))
+
+
+def test_tiny_forward_shape_dtype_and_dropout():
+    model = UNet(out_channels=1, **TINY)
+    params = _random_params(model)
+    x, t = _inputs()
+
+    @functools.partial(jax.jit, static_argnames="train")
+    def apply(seed, train):
+        rngs = {"dropout": jax.random.PRNGKey(seed)}
+        return model.apply({"params": params}, x, t, train=train, rngs=rngs)
+
+    out = apply(0, train=False)
+    assert out.shape == TINY_SHAPE and out.dtype == jnp.float32
+    assert bool(jnp.all(jnp.isfinite(out)))
+    assert float(jnp.abs(out).max()) > 0
+
+    # train=False is deterministic and ignores the rng; train=True depends on it.
+    np.testing.assert_array_equal(out, apply(1, train=False))
+    out_a, out_b = apply(0, train=True), apply(1, train=True)
+    assert not np.allclose(out_a, out_b)
+    assert not np.allclose(out_a, out)
+    np.testing.assert_array_equal(out_a, apply(0, train=True))
+
+
+def test_class_conditioning_and_null_label():
+    num_classes = 10
+    model = UNet(out_channels=1, num_classes=num_classes, **TINY)
+    params = _random_params(model)
+    assert params["class_embed"]["embedding"].shape == (num_classes + 1, 4 * TINY["ch"])
+    x, t = _inputs()
+    apply = jax.jit(lambda labels: model.apply({"params": params}, x, t, labels))
+
+    out_0 = apply(jnp.array([0, 0], jnp.int32))
+    out_3 = apply(jnp.array([3, 3], jnp.int32))
+    assert not np.allclose(out_0, out_3)
+
+    out_none = apply(None)
+    out_null = apply(jnp.full((2,), num_classes, jnp.int32))
+    np.testing.assert_allclose(out_none, out_null, rtol=1e-5, atol=1e-6)
+
+
+def test_unconditional_model_rejects_labels():
+    model = UNet(out_channels=1, **TINY)
+    x, t = _inputs()
+    with pytest.raises(ValueError, match="unconditional"):
+        jax.eval_shape(model.init, jax.random.PRNGKey(0), x, t, jnp.zeros((2,), jnp.int32))
+
+
+def test_build_model_class_conditional_uses_dataset_classes():
+    model = build_model(_model_cfg(**TINY, class_conditional=True), (16, 16, 1), num_classes=7)
+    assert model.num_classes == 7 and model.out_channels == 1
+    model = build_model(_model_cfg(**TINY), (16, 16, 1), num_classes=7)
+    assert model.num_classes == 0
+    with pytest.raises(ValueError, match="class_conditional.*num_classes=0"):
+        build_model(_model_cfg(**TINY, class_conditional=True), (16, 16, 1), num_classes=0)
+
+
+def test_build_model_accepts_lists():
+    cfg = _model_cfg(**{**TINY, "ch_mult": [1, 2], "attn_resolutions": [8]})
+    model = build_model(cfg, (16, 16, 1))
+    assert model.ch_mult == (1, 2) and model.attn_resolutions == (8,)
+
+
+def test_validate_rejects_image_size_not_divisible_by_levels():
+    # 28 -> 14 -> 7 -> 3.5: four levels need sizes divisible by 8.
+    with pytest.raises(ValueError, match=r"ch_mult.*28.*3\.5") as info:
+        validate_unet_config(_model_cfg(), (28, 28, 1))
+    assert "multiples of 8" in str(info.value)
+
+
+def test_validate_rejects_attn_resolution_that_never_occurs():
+    cfg = _model_cfg(**{**TINY, "attn_resolutions": (3,)})
+    with pytest.raises(ValueError, match=r"attn_resolutions.*3.*\[16, 8\]"):
+        validate_unet_config(cfg, (16, 16, 1))
+
+
+def test_validate_rejects_unknown_name():
+    with pytest.raises(ValueError, match=r"name='transformer'.*allowed.*'unet'"):
+        validate_unet_config(_model_cfg(name="transformer"), (32, 32, 3))
+
+
+@pytest.mark.parametrize(
+    "overrides, image_shape, pattern",
+    [
+        (dict(ch=100), (32, 32, 3), r"ch=100.*multiple of 32"),
+        (dict(num_heads=3), (32, 32, 3), r"num_heads=3.*256"),
+        (dict(head_channels=48), (32, 32, 3), r"head_channels=48"),
+        (dict(dropout=1.0), (32, 32, 3), r"dropout=1\.0.*\[0, 1\)"),
+        (dict(dtype="float16"), (32, 32, 3), r"dtype='float16'.*bfloat16"),
+        (dict(), (32, 16, 3), r"not square"),
+    ],
+)
+def test_validate_rejects_bad_values(overrides, image_shape, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        validate_unet_config(_model_cfg(**overrides), image_shape)
+
+
+def test_adm_options_forward():
+    model = UNet(
+        out_channels=1,
+        **{**TINY, "ch": 64},
+        head_channels=32,
+        resblock_updown=True,
+        use_scale_shift_norm=True,
+    )
+    params = _random_params(model)
+    # Scale-shift norm: the time embedding gives 2 * channels (scale and shift).
+    assert params["down0_downsample"]["temb_proj"]["kernel"].shape == (256, 128)
+    assert "skip" not in params["down0_downsample"]  # Resampling ResBlock keeps channels.
+    assert params["mid_attn"]["q"]["kernel"].shape == (128, 128)
+    out = jax.jit(model.apply)({"params": params}, *_inputs())
+    assert out.shape == TINY_SHAPE and bool(jnp.all(jnp.isfinite(out)))
+
+
+def test_bfloat16_compute_keeps_float32_params_and_output():
+    model = build_model(_model_cfg(**TINY, dtype="bfloat16"), (16, 16, 1))
+    x, t = _inputs()
+    param_shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), x, t)["params"]
+    assert all(p.dtype == jnp.float32 for p in jax.tree_util.tree_leaves(param_shapes))
+
+    params = _random_params(model)
+    out = jax.jit(model.apply)({"params": params}, x, t)
+    assert out.dtype == jnp.float32 and out.shape == TINY_SHAPE
+    assert bool(jnp.all(jnp.isfinite(out)))
+    out_f32 = jax.jit(model.clone(dtype=jnp.float32).apply)({"params": params}, x, t)
+    rel_err = float(jnp.linalg.norm(out - out_f32) / jnp.linalg.norm(out_f32))
+    assert rel_err < 0.05, rel_err
