@@ -1,0 +1,65 @@
+"""Shared test set-up: 8 virtual CPU devices, the embedded dataset prepared once, a tiny config."""
+
+import os
+import sys
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                           " --xla_force_host_platform_device_count=8").strip()
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `accelerator` are skipped, visibly, where only CPUs exist (as in CI)."""
+    if jax.default_backend() == "cpu":
+        skip = pytest.mark.skip(reason="needs a GPU or TPU; this machine has only CPU devices")
+        for item in items:
+            if "accelerator" in item.keywords:
+                item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory):
+    """A TFDS data dir with the embedded MNIST prepared; also exported as DIFFJAX_DATA_DIR."""
+    from diffjax import data
+
+    path = str(tmp_path_factory.mktemp("tfds"))
+    data.prepare("mnist_embedded", path)
+    os.environ["DIFFJAX_DATA_DIR"] = path
+    return path
+
+
+def tiny_config(data_dir: str, **overrides):
+    """The default config shrunk to a 16x16 two-level U-Net, batch 8, a few steps."""
+    from configs import default
+
+    config = default.get_config()
+    config.data.data_dir = data_dir
+    config.data.image_size = 16
+    config.model.ch = 32
+    config.model.ch_mult = (1, 2)
+    config.model.num_res_blocks = 1
+    config.model.attn_resolutions = (8,)
+    config.optim.warmup_steps = 2
+    config.training.batch_size = 8
+    config.training.num_steps = 4
+    config.training.log_every_steps = 1
+    config.training.checkpoint_every_steps = 2
+    config.training.sample_every_steps = 0
+    config.sampling.num_steps = 2
+    config.sampling.grid_samples = 8
+    config.sampling.batch_size = 8
+    config.mesh.num_devices = 1
+    config.mesh.cpu_devices = 0
+    for key, value in overrides.items():
+        node = config
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    return config

@@ -1,0 +1,97 @@
+"""Noise schedules against closed forms and identities."""
+
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from diffjax import schedules
+
+
+def _cfg(name, **kw):
+    from configs import base
+
+    cfg = base.get_config().diffusion
+    cfg.schedule = name
+    cfg.update(kw)
+    return cfg
+
+
+def test_ddpm_linear_alpha_bar_at_T_is_4p036e_5():
+    alpha_bar = schedules.alpha_bar_from_betas(schedules.linear_betas(1000, 1e-4, 0.02))
+    assert alpha_bar[-1] == pytest.approx(4.036e-5, rel=1e-3)
+    sched = schedules.get_schedule(_cfg("linear"))
+    assert float(sched.alpha(1.0)) ** 2 == pytest.approx(4.036e-5, rel=1e-3)
+
+
+def test_cosine_schedule_matches_iddpm_eq17():
+    T, s = 1000, 0.008
+    alpha_bar = schedules.alpha_bar_from_betas(schedules.cosine_betas(T, s))
+    t = np.arange(1, T + 1) / T
+    f = np.cos((t + s) / (1 + s) * np.pi / 2) ** 2
+    f0 = np.cos(s / (1 + s) * np.pi / 2) ** 2
+    # Only the last beta is clipped at 0.999 (iDDPM Sec. 3.2); all other steps follow eq. 17.
+    np.testing.assert_allclose(alpha_bar[:-1], (f / f0)[:-1], rtol=1e-9)
+    assert schedules.cosine_betas(T, s).max() == pytest.approx(0.999)
+
+
+def test_sigmoid_betas_are_increasing_within_range():
+    betas = schedules.sigmoid_betas(1000, 1e-4, 0.02)
+    assert np.all(np.diff(betas) > 0) and betas[0] > 1e-4 and betas[-1] < 0.02
+
+
+@pytest.mark.parametrize("name", schedules.SCHEDULES)
+def test_logsnr_is_strictly_decreasing(name):
+    sched = schedules.get_schedule(_cfg(name))
+    t = jnp.linspace(1e-3, 1.0, 997)
+    assert np.all(np.diff(np.asarray(sched.logsnr(t))) < 0)
+
+
+@pytest.mark.parametrize("name", ["linear", "cosine", "sigmoid", "vp_linear", "vp_cosine"])
+def test_vp_alpha_squared_plus_sigma_squared_is_one(name):
+    sched = schedules.get_schedule(_cfg(name))
+    t = jnp.linspace(1e-3, 1.0, 101)
+    np.testing.assert_allclose(sched.alpha(t) ** 2 + sched.sigma(t) ** 2, 1.0, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["ve", "edm"])
+def test_ve_has_unit_alpha_and_hits_sigma_range(name):
+    sched = schedules.get_schedule(_cfg(name))
+    np.testing.assert_allclose(sched.alpha(jnp.linspace(0, 1, 5)), 1.0)
+    cfg = _cfg(name)
+    assert float(sched.sigma(0.0)) == pytest.approx(cfg.sigma_min, rel=1e-4)
+    assert float(sched.sigma(1.0)) == pytest.approx(cfg.sigma_max, rel=1e-4)
+
+
+@pytest.mark.parametrize("name", schedules.SCHEDULES)
+def test_t_from_logsnr_inverts_logsnr(name):
+    sched = schedules.get_schedule(_cfg(name))
+    t = jnp.linspace(0.05, 0.95, 19)
+    np.testing.assert_allclose(sched.t_from_logsnr(sched.logsnr(t)), t, atol=2e-4)
+
+
+def test_vp_linear_matches_score_sde_marginal():
+    # score_sde VPSDE.marginal_prob: mean coeff exp(-t^2 (b1 - b0) / 4 - t b0 / 2).
+    sched = schedules.VPLinear(0.1, 20.0)
+    t = np.linspace(0.01, 1, 7)
+    mean_coeff = np.exp(-0.25 * t**2 * (20.0 - 0.1) - 0.5 * t * 0.1)
+    np.testing.assert_allclose(sched.alpha(t), mean_coeff, rtol=1e-5)
+
+
+def test_discrete_noise_cond_is_the_ddpm_step_index():
+    sched = schedules.get_schedule(_cfg("linear"))
+    index = jnp.array([0, 1, 499, 999])
+    np.testing.assert_allclose(sched.noise_cond(sched.t_from_index(index)), index, atol=1e-3)
+
+
+def test_edm_sigma_grid_matches_karras_eq5():
+    sched = schedules.EDMSchedule(0.002, 80.0, 7.0)
+    n = 18
+    i = np.arange(n)
+    karras = (80.0 ** (1 / 7) + i / (n - 1) * (0.002 ** (1 / 7) - 80.0 ** (1 / 7))) ** 7
+    np.testing.assert_allclose(sched.sigma(1.0 - i / (n - 1)), karras, rtol=1e-4)
+
+
+def test_unknown_schedule_names_the_allowed_ones():
+    with pytest.raises(ValueError, match=r"schedule='quux' is unknown; allowed: linear, cosine"):
+        schedules.get_schedule(ml_collections.ConfigDict({"schedule": "quux"}))
