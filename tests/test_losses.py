@@ -33,15 +33,16 @@ def test_converters_round_trip(param, ve):
 @pytest.mark.parametrize("weighting", losses.WEIGHTINGS)
 @pytest.mark.parametrize("param", losses.PARAMETERIZATIONS)
 def test_weighted_loss_equals_its_eps_space_form(param, weighting):
-    """w_target * ||target_hat - target||^2 == w_eps * ||eps_hat - eps||^2 for any network output."""
+    """w_target ||target_hat - target||^2 == w_eps ||eps_hat - eps||^2 for any network output."""
     x0, eps, alpha, sigma = _draw(1)
     b = lambda c: c[:, None, None, None]  # noqa: E731
     x_t = b(alpha) * x0 + b(sigma) * eps
     output = jnp.asarray(np.random.default_rng(2).standard_normal(x0.shape), jnp.float32)
     _, eps_hat = losses.x0_eps_from_output(param, x_t, output, alpha, sigma)
     tgt = losses.target(param, x0, eps, alpha, sigma)
-    lhs = losses.loss_weight(weighting, param, alpha, sigma) * jnp.mean((output - tgt) ** 2, (1, 2, 3))
-    rhs = losses.eps_weight(weighting, param, alpha, sigma) * jnp.mean((eps_hat - eps) ** 2, (1, 2, 3))
+    mse = lambda a, b: jnp.mean((a - b) ** 2, (1, 2, 3))  # noqa: E731
+    lhs = losses.loss_weight(weighting, param, alpha, sigma) * mse(output, tgt)
+    rhs = losses.eps_weight(weighting, param, alpha, sigma) * mse(eps_hat, eps)
     np.testing.assert_allclose(lhs, rhs, rtol=2e-3)
 
 
@@ -68,7 +69,8 @@ def test_edm_weight_is_karras_lambda_on_x0():
 def test_simple_weight_is_one_on_own_target():
     _, _, alpha, sigma = _draw(4)
     for param in losses.PARAMETERIZATIONS:
-        np.testing.assert_allclose(losses.loss_weight("simple", param, alpha, sigma), 1.0, rtol=1e-5)
+        np.testing.assert_allclose(losses.loss_weight("simple", param, alpha, sigma), 1.0,
+                                   rtol=1e-5)
 
 
 def test_uniform_time_sampling_on_discrete_grid():
@@ -83,13 +85,82 @@ def test_lognormal_time_sampling_gives_lognormal_sigma():
     sched = schedules.EDMSchedule(0.002, 80.0, 7.0)
     t = losses.sample_time(jax.random.PRNGKey(0), 20000, sched, "lognormal", -1.2, 1.2)
     log_sigma = np.log(np.asarray(sched.sigma(t)))
-    # EDM lognormal: ln sigma ~ N(-1.2, 1.2^2), truncated to [sigma_min, sigma_max] (3.8 sd / 3.7 sd).
+    # EDM lognormal: ln sigma ~ N(-1.2, 1.2^2), truncated to [sigma_min, sigma_max] (3.8 / 3.7 sd).
     assert log_sigma.mean() == pytest.approx(-1.2, abs=0.04)
     assert log_sigma.std() == pytest.approx(1.2, abs=0.04)
 
 
 def test_unknown_names_raise():
-    with pytest.raises(ValueError, match=r"parameterization='score' is unknown; allowed: eps, x0, v"):
+    with pytest.raises(ValueError, match=r"parameterization='score' is unknown; allowed: eps, x0"):
         losses.target("score", 0, 0, 1, 1)
     with pytest.raises(ValueError, match=r"weighting='p2' is unknown; allowed: simple, snr"):
         losses.eps_weight("p2", "eps", 1.0, 1.0)
+
+
+def test_edm_preconditioning_is_karras_table1():
+    """EDM Table 1 on a VE schedule (alpha = 1): c_skip = sd^2 / (s^2 + sd^2), c_out =
+    s sd / sqrt(s^2 + sd^2), c_in = 1 / sqrt(s^2 + sd^2), and D = c_skip x + c_out F."""
+    sigma = jnp.array([0.002, 0.1, 0.5, 3.0, 80.0])
+    alpha, sd = jnp.ones_like(sigma), 0.5
+    c_skip, c_out, c_in = losses.edm_preconditioning(alpha, sigma, sd)
+    np.testing.assert_allclose(c_skip, sd**2 / (sigma**2 + sd**2), rtol=1e-6)
+    np.testing.assert_allclose(c_out, sigma * sd / np.sqrt(sigma**2 + sd**2), rtol=1e-6)
+    np.testing.assert_allclose(c_in, 1 / np.sqrt(sigma**2 + sd**2), rtol=1e-6)
+    np.testing.assert_allclose(losses.input_scale("edm", alpha, sigma, sd), c_in, rtol=1e-6)
+    x_t = jnp.asarray(np.random.default_rng(0).standard_normal((5, 2, 2, 1)), jnp.float32)
+    out = jnp.asarray(np.random.default_rng(1).standard_normal((5, 2, 2, 1)), jnp.float32)
+    x0, _ = losses.x0_eps_from_output("edm", x_t, out, alpha, sigma, sd)
+    b = lambda c: c[:, None, None, None]  # noqa: E731
+    np.testing.assert_allclose(x0, b(c_skip) * x_t + b(c_out) * out, rtol=1e-5, atol=1e-6)
+
+
+def test_edm_on_vp_equals_edm_on_its_ve_equivalent():
+    """On a VP schedule the EDM target and network input are those of the VE schedule with
+    sigma / alpha acting on x_t / alpha (Karras et al. 2022, eq. 4 with s(t) = alpha)."""
+    x0, eps, alpha, sigma = _draw(5)
+    b = lambda c: c[:, None, None, None]  # noqa: E731
+    np.testing.assert_allclose(losses.target("edm", x0, eps, alpha, sigma),
+                               losses.target("edm", x0, eps, jnp.ones_like(alpha), sigma / alpha),
+                               rtol=2e-4, atol=2e-5)
+    x_t = b(alpha) * x0 + b(sigma) * eps
+    vp_input = b(losses.input_scale("edm", alpha, sigma)) * x_t
+    ve_input = b(losses.input_scale("edm", 1.0, sigma / alpha)) * (x_t / b(alpha))
+    np.testing.assert_allclose(vp_input, ve_input, rtol=2e-4, atol=2e-5)
+
+
+def test_edm_weighting_gives_unit_weight_on_F():
+    """EDM chooses lambda(sigma) = 1 / c_out^2 so that the loss on F has weight 1 (Sec. 5)."""
+    _, _, alpha, sigma = _draw(6)
+    np.testing.assert_allclose(losses.loss_weight("edm", "edm", alpha, sigma), 1.0, rtol=1e-5)
+    sigma = jnp.array([0.01, 1.0, 50.0])
+    _, c_out, _ = losses.edm_preconditioning(1.0, sigma)
+    lam = (sigma**2 + 0.25) / (sigma * 0.5) ** 2
+    np.testing.assert_allclose(lam * c_out**2, 1.0, rtol=1e-5)
+
+
+@pytest.mark.parametrize("param", losses.PARAMETERIZATIONS)
+def test_training_feeds_the_network_through_network_output(param):
+    """diffusion_loss calls the network on input_scale * x_t (EDM c_in; 1 otherwise) and
+    noise_cond(t), exactly as losses.network_output does for the sampler's denoiser."""
+    from configs import base
+
+    cfg = base.get_config().diffusion
+    cfg.schedule, cfg.parameterization = "vp_cosine", param
+    sched = schedules.get_schedule(cfg)
+    x0 = jnp.asarray(np.random.default_rng(7).uniform(-1, 1, (4, 2, 2, 1)), jnp.float32)
+    seen = {}
+
+    def apply_fn(net_input, noise_cond):
+        seen["input"], seen["cond"] = net_input, noise_cond
+        return jnp.zeros_like(net_input)
+
+    rng = jax.random.PRNGKey(3)
+    _, _, t = losses.diffusion_loss(apply_fn, x0, rng, sched, cfg)
+    eps = jax.random.normal(jax.random.split(rng)[1], x0.shape)  # diffusion_loss's noise draw
+    alpha, sigma = sched.alpha(t)[:, None, None, None], sched.sigma(t)[:, None, None, None]
+    x_t = alpha * x0 + sigma * eps
+    scale = 1 / jnp.sqrt(sigma**2 + alpha**2 * 0.25) if param == "edm" else 1.0
+    np.testing.assert_allclose(seen["input"], scale * x_t, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(seen["cond"], sched.noise_cond(t), rtol=1e-6)
+    losses.network_output(apply_fn, x_t, t, sched, param)
+    np.testing.assert_allclose(seen["input"], scale * x_t, rtol=1e-5, atol=1e-6)

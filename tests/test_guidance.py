@@ -1,0 +1,156 @@
+"""Classifier-free guidance and the Generator: identities of the guided denoiser, then sampling
+from a tiny class-conditional U-Net (labels, seeds, sharding)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from diffjax import generate, sampling, schedules
+from diffjax.sampling import guidance
+
+LINEAR = schedules.DiscreteSchedule(tuple(schedules.linear_betas(1000)))
+NULL = 10
+CLASS_MEANS = jnp.linspace(-0.8, 0.8, NULL + 1)  # the null label's "mean" is the last entry
+
+
+def class_model(x_t, t, labels):
+    """An analytic conditional eps-denoiser: x0 | label ~ N(mean[label], 0.25), each label
+    (including the null one) a different Gaussian, so cond and uncond outputs differ."""
+    alpha, sigma = (f(t)[:, None, None, None] for f in (LINEAR.alpha, LINEAR.sigma))
+    mu = CLASS_MEANS[labels][:, None, None, None]
+    x0 = mu + alpha * 0.25 / (alpha**2 * 0.25 + sigma**2) * (x_t - alpha * mu)
+    return (x_t - alpha * x0) / sigma
+
+
+def _inputs(batch=6):
+    x = jax.random.normal(jax.random.PRNGKey(0), (batch, 3, 3, 1))
+    t = jnp.full((batch,), 0.4)
+    labels = jnp.arange(batch) % NULL
+    return x, t, labels
+
+
+def test_scale_one_is_the_conditional_and_zero_the_unconditional_model():
+    x, t, labels = _inputs()
+    cond = class_model(x, t, labels)
+    uncond = class_model(x, t, jnp.full_like(labels, NULL))
+    assert not np.allclose(cond, uncond)
+    for w, expected in [(1.0, cond), (0.0, uncond)]:
+        guided = guidance.classifier_free(class_model, labels, NULL, w)
+        np.testing.assert_array_equal(guided(x, t), expected)
+
+
+@pytest.mark.parametrize("w", [0.5, 2.0, 7.5])
+def test_guided_output_is_uncond_plus_w_times_the_difference(w):
+    """Ho & Salimans 2022, eq. 6 (their 1 + w is our w)."""
+    x, t, labels = _inputs()
+    cond = class_model(x, t, labels)
+    uncond = class_model(x, t, jnp.full_like(labels, NULL))
+    guided = guidance.classifier_free(class_model, labels, NULL, w)(x, t)
+    np.testing.assert_allclose(guided, uncond + w * (cond - uncond), rtol=1e-6, atol=1e-6)
+
+
+def test_guidance_interval_guides_only_inside_the_sigma_range():
+    """Kynkaanniemi et al. 2024: guidance where sigma_lo < sigma / alpha <= sigma_hi, the
+    conditional model elsewhere; examples with different times in one batch are handled each."""
+    x, _, labels = _inputs()
+    t = jnp.array([0.05, 0.2, 0.4, 0.6, 0.8, 1.0])
+    sigma = np.asarray(LINEAR.sigma(t) / LINEAR.alpha(t))
+    lo, hi = float(sigma[1]), float(sigma[3])  # inside: examples 2 and 3 (lo is exclusive)
+    w = 3.0
+    out = guidance.classifier_free(class_model, labels, NULL, w, LINEAR, lo, hi)(x, t)
+    cond = class_model(x, t, labels)
+    full = guidance.classifier_free(class_model, labels, NULL, w)(x, t)
+    inside = (sigma > lo) & (sigma <= hi)
+    np.testing.assert_array_equal(inside, [False, False, True, True, False, False])
+    np.testing.assert_allclose(out[inside], full[inside], rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(out[~inside], cond[~inside])
+    # Outside the interval everywhere: the unconditional pass is skipped, output = cond.
+    out = guidance.classifier_free(class_model, labels, NULL, w, LINEAR, 1e3, 2e3)(x, t)
+    np.testing.assert_array_equal(out, cond)
+
+
+def test_sampling_with_scale_one_equals_sampling_the_conditional_model():
+    x, _, labels = _inputs()
+    noise = jax.random.normal(jax.random.PRNGKey(3), x.shape)
+    run = lambda den: sampling.sample(den, LINEAR, "eps", noise, jax.random.PRNGKey(4),  # noqa
+                                      sampler="dpmpp_2m", num_steps=10)[0]
+    guided = run(guidance.classifier_free(class_model, labels, NULL, 1.0))
+    np.testing.assert_array_equal(guided, run(lambda x_t, t: class_model(x_t, t, labels)))
+
+
+# ---------------------------------------------------------------------------------------------
+# The Generator on a tiny class-conditional U-Net (untrained: only identities are checked).
+
+
+@pytest.fixture(scope="module")
+def conditional_setup(data_dir):
+    """A tiny class-conditional U-Net whose params are perturbed from their init, since the init
+    zeroes the output layer (every label would give the same, zero, output)."""
+    from conftest import tiny_config
+
+    from diffjax.train import Experiment
+
+    config = tiny_config(data_dir, **{"model.class_conditional": True, "model.class_dropout": 0.1,
+                                      "sampling.sampler": "ddim", "sampling.num_steps": 2})
+    exp = Experiment(config, load_data=False)
+    params = exp.init_state().ema_params
+    leaves, treedef = jax.tree.flatten(params)
+    keys = jax.random.split(jax.random.PRNGKey(5), len(leaves))
+    params = treedef.unflatten([p + 0.05 * jax.random.normal(k, p.shape)
+                                for p, k in zip(leaves, keys)])
+    return config, exp, params
+
+
+def _generator(exp, config, params, num_devices=1):
+    from diffjax import parallel
+
+    mesh = parallel.make_mesh(num_devices)
+    gen = generate.Generator(exp.model, exp.schedule, config, mesh, exp.image_shape,
+                             exp.num_classes)
+    return gen, jax.device_put(params, parallel.replicated(mesh))
+
+
+def test_generator_labels_seeds_and_sharding(conditional_setup):
+    config, exp, params = conditional_setup
+    config.sampling.labels = (3, 7)
+    gen, p1 = _generator(exp, config, params)
+    np.testing.assert_array_equal(gen.labels_for(5), [3, 7, 3, 7, 3])
+    a, nfe = gen.sample(p1, 8, seed=0)
+    assert nfe == 2 and a.shape == (8, 16, 16, 1) and a.dtype == np.uint8
+    np.testing.assert_array_equal(gen.sample(p1, 8, seed=0)[0], a)  # reproducible from the seed
+    assert not np.array_equal(gen.sample(p1, 8, seed=1)[0], a)
+    assert not np.array_equal(gen.sample(p1, 8, seed=0, labels=np.ones(8))[0], a)  # conditional
+    # The same seed on 4 devices (2 images each) gives the same images: the noise is drawn by
+    # the partitionable threefry, whatever the sharding. XLA may order float sums differently per
+    # shard, so allow one uint8 level.
+    gen4, p4 = _generator(exp, config, params, num_devices=4)
+    assert np.abs(gen4.sample(p4, 8, seed=0)[0].astype(int) - a.astype(int)).max() <= 1
+
+
+def test_generator_scale_zero_samples_the_null_label(conditional_setup):
+    config, exp, params = conditional_setup
+    config.sampling.labels = (3,)
+    config.sampling.guidance_scale = 1.0
+    gen, p1 = _generator(exp, config, params)
+    null = gen.sample(p1, 8, seed=0, labels=np.full(8, NULL))[0]  # the null label, conditionally
+    assert not np.array_equal(gen.sample(p1, 8, seed=0)[0], null)
+    config.sampling.guidance_scale = 0.0
+    np.testing.assert_array_equal(_generator(exp, config, params)[0].sample(p1, 8, seed=0)[0],
+                                  null)
+    config.sampling.guidance_scale = 1.0
+
+
+def test_guidance_on_an_unconditional_model_is_rejected(data_dir):
+    from conftest import tiny_config
+
+    from diffjax import config_lib
+
+    config = tiny_config(data_dir, **{"sampling.guidance_scale": 2.0})
+    with pytest.raises(ValueError, match=r"config.sampling.guidance_scale=2.0 is invalid: guidance "
+                                         r"needs a class-conditional model"):
+        config_lib.validate(config)
+    config = tiny_config(data_dir, **{"model.class_conditional": True, "sampling.labels": (12,)})
+    with pytest.raises(ValueError, match=r"config.sampling.labels=\(12,\) is invalid: labels must "
+                                         r"be in \[0, 10\)"):
+        generate.check_labels(config, 10)
