@@ -1,0 +1,114 @@
+"""Reference statistics of a training set: computed once per dataset, split, resolution,
+preprocessing and weights, then cached as .npz (mu, sigma, features, num_images).
+
+Cache location: config.eval.reference_dir, or '' -> `<TFDS data dir>/diffjax_fid_stats/`
+(the data dir of diffjax.data.default_data_dir: config.data.data_dir, $DIFFJAX_DATA_DIR or
+~/tensorflow_datasets), so the statistics live next to the data they describe and are shared by
+every run that reads it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from typing import Iterator
+
+import jax
+import numpy as np
+
+from diffjax import data
+from diffjax.evaluation import metrics, stats_io
+
+CACHE_SUBDIR = "diffjax_fid_stats"
+
+
+def cache_dir(config) -> str:
+    """Where reference statistics are cached (see the module docstring)."""
+    if config.eval.reference_dir:
+        return os.path.abspath(os.path.expanduser(config.eval.reference_dir))
+    return os.path.join(data.default_data_dir(config.data.data_dir), CACHE_SUBDIR)
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9.]+", "_", text.replace("%", "pct")).strip("_")
+
+
+def cache_path(config, image_shape, weights_name: str, num_images: int, version: str) -> str:
+    """<cache_dir>/<dataset>-<version>_<split>_<H>x<W>x<C>_<preprocessing>_<weights>_n<N>.npz"""
+    h, w, c = image_shape
+    name = (
+        f"{_slug(config.data.name)}-{version}_{_slug(config.data.split)}_{h}x{w}x{c}_"
+        f"{config.eval.preprocessing}_{_slug(os.path.splitext(weights_name)[0])}_n{num_images}.npz"
+    )
+    return os.path.join(cache_dir(config), name)
+
+
+def _image_batches(
+    source, num_images: int, image_size: int, batch_size: int
+) -> Iterator[np.ndarray]:
+    """uint8 [<=batch_size, H, W, C] batches of the first num_images examples, in order, resized
+    to image_size as the training pipeline does."""
+    for start in range(0, num_images, batch_size):
+        batch = []
+        for index in range(start, min(start + batch_size, num_images)):
+            image = np.asarray(source[index]["image"])
+            if image.ndim == 2:
+                image = image[..., None]
+            if image_size and image.shape[0] != image_size:
+                image = data._resize(image, image_size)
+            batch.append(image)
+        yield np.stack(batch)
+
+
+def _all_processes(flag: bool) -> bool:
+    """True only if `flag` holds on every process (hosts may not share a file system)."""
+    if jax.process_count() == 1:
+        return flag
+    from jax.experimental import multihost_utils
+
+    return bool(np.min(multihost_utils.process_allgather(np.int32(flag))))
+
+
+def reference_statistics(config, extractor, weights_name: str) -> dict:
+    """{'mu': [2048] float64, 'sigma': [2048, 2048] float64, 'features': [N, 2048] float32,
+    'num_images': N, 'path': cache file} of config.data's split at config.data.image_size.
+
+    Reads the cache when present; otherwise extracts the features (on all devices) and writes the
+    cache from process 0. config.eval.reference_num_images: 0 -> the whole split."""
+    source, info = data.load_source(config.data.name, config.data.split, config.data.data_dir)
+    limit = config.eval.reference_num_images
+    num_images = len(source) if limit <= 0 else min(limit, len(source))
+    if num_images < 2:
+        raise ValueError(
+            f"config.data.split={config.data.split!r} has {len(source)} images; "
+            f"reference statistics need at least 2"
+        )
+    image_shape, _ = data.dataset_spec(
+        config.data.name, config.data.data_dir, config.data.image_size
+    )
+    path = cache_path(config, image_shape, weights_name, num_images, str(info.version))
+    stored = stats_io.load_npz(path) if os.path.isfile(path) else None
+    usable = stored is not None and len(stored.get("features", ())) == num_images
+    if stored is not None and not usable:
+        logging.warning("ignoring incomplete reference statistics %s", path)
+    if _all_processes(usable):  # else every process computes: the extraction is collective
+        return {**stored, "num_images": num_images, "path": path}
+    if jax.process_index() == 0:
+        print(f"computing reference statistics of {config.data.name} {config.data.split} "
+              f"({num_images} images) into {path}", flush=True)
+    stats, features = metrics.FeatureStats(), []
+    batches = _image_batches(source, num_images, config.data.image_size, extractor.batch_size)
+    for out in extractor.iter_batches(batches):
+        stats.update(out["pool3"])
+        features.append(out["pool3"])
+    result = {"mu": stats.mu, "sigma": stats.sigma, "features": np.concatenate(features)}
+    if jax.process_index() == 0:
+        stats_io.save_stats(
+            path,
+            result["mu"],
+            result["sigma"],
+            features=result["features"],
+            num_images=np.int64(num_images),
+        )
+    return {**result, "num_images": num_images, "path": path}
