@@ -1,7 +1,7 @@
 """diffjax's one entry point: python launch.py --workdir DIR [--config FILE] [--mode MODE].
 
-Modes: train (resumes from WORKDIR), sample, dry_run, benchmark. Any config field can be
-overridden: --config.optim.lr=1e-4.
+Modes: train (resumes from WORKDIR), sample, inpaint, eval (FID/KID/IS), dry_run, benchmark. Any
+config field can be overridden: --config.optim.lr=1e-4.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from ml_collections import config_flags
 ROOT = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, ROOT)  # config files import configs.base
 DEFAULT_CONFIG = os.path.join(ROOT, "configs", "default.py")
-MODES = ("train", "sample", "dry_run", "benchmark")
+MODES = ("train", "sample", "inpaint", "eval", "dry_run", "benchmark")
 
 
 def _fail(message: str) -> None:
@@ -62,10 +62,31 @@ except (AttributeError, KeyError):
 
 flags.DEFINE_string("workdir", None, "Run directory (config.json, checkpoints/, samples/, ...).")
 flags.DEFINE_enum("mode", "train", MODES, "What to do.")
-flags.DEFINE_string("coordinator_address", "", "jax.distributed coordinator host:port (multi-host).")
+flags.DEFINE_bool("fresh", False, "Train: move an existing WORKDIR aside to WORKDIR.prev-<time> "
+                  "and start a new run there (nothing is deleted).")
+flags.DEFINE_string("coordinator_address", "",
+                    "jax.distributed coordinator host:port (multi-host).")
 flags.DEFINE_integer("num_processes", 0, "jax.distributed: number of processes.")
 flags.DEFINE_integer("process_id", -1, "jax.distributed: this process's id.")
 FLAGS = flags.FLAGS
+
+
+def _with_saved_config(config, workdir: str):
+    """The config a run was trained with (WORKDIR/config.json), with this command's --config.*
+    overrides on top, so sampling and evaluation need not repeat the training overrides."""
+    from diffjax import config_lib
+
+    path = os.path.join(workdir, "config.json")
+    if not os.path.exists(path):
+        return config
+    with open(path) as f:
+        saved = json.load(f)
+    overridden = {arg[len("--config."):].split("=", 1)[0] for arg in sys.argv[1:]
+                  if arg.startswith("--config.")}
+    merged = config_lib.merge_saved(config, saved, overridden)
+    print(f"using the run's config {path}"
+          + (f" with overrides: {', '.join(sorted(overridden))}" if overridden else ""))
+    return merged
 
 
 def main(argv):
@@ -76,14 +97,17 @@ def main(argv):
 
     logging.set_verbosity(logging.WARNING)
     config = _CONFIG.value
+    if FLAGS.mode in ("sample", "inpaint", "eval") and FLAGS.workdir:
+        config = _with_saved_config(config, FLAGS.workdir)
     if config.mesh.cpu_devices:  # must precede backend start-up; GPU/TPU backends ignore it
         jax.config.update("jax_num_cpu_devices", config.mesh.cpu_devices)
     from diffjax import config_lib, parallel
 
-    parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+    parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
+                                    FLAGS.process_id)
     config_lib.validate(config)
     mode = FLAGS.mode
-    if mode in ("train", "sample") and not FLAGS.workdir:
+    if mode in ("train", "sample", "inpaint", "eval") and not FLAGS.workdir:
         raise app.UsageError(f"--workdir is required for --mode={mode}")
 
     if mode == "dry_run":
@@ -96,12 +120,19 @@ def main(argv):
     elif mode == "train":
         from diffjax import train
 
-        train.write_config(config, FLAGS.workdir)
-        train.train(config, FLAGS.workdir)
+        train.train(config, FLAGS.workdir, fresh=FLAGS.fresh)
     elif mode == "sample":
         from diffjax import sample
 
         sample.sample_from_workdir(config, FLAGS.workdir)
+    elif mode == "inpaint":
+        from diffjax import inpaint
+
+        inpaint.inpaint_from_workdir(config, FLAGS.workdir)
+    elif mode == "eval":
+        from diffjax import evaluate
+
+        evaluate.evaluate_workdir(config, FLAGS.workdir)
     elif mode == "benchmark":
         from diffjax import benchmark
 
@@ -109,9 +140,15 @@ def main(argv):
 
 
 def run() -> None:
+    from diffjax.errors import NonFiniteError, Preempted
+
     try:
         app.run(main)
-    except (ValueError, FileNotFoundError) as e:  # config and data errors: no traceback
+    except Preempted as e:  # a clean stop: the checkpoint is committed
+        print(str(e), file=sys.stderr, flush=True)
+        sys.exit(128 + e.signum)
+    except (ValueError, FileNotFoundError, NonFiniteError, OSError) as e:
+        # Config, data, numerics and disk errors: one clear message, no traceback.
         if os.environ.get("DIFFJAX_TRACEBACK"):
             raise
         _fail(f"{e}\n(set DIFFJAX_TRACEBACK=1 to see the traceback)")

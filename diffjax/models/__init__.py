@@ -113,20 +113,23 @@ def validate_unet_config(model_cfg: Any, image_shape: tuple[int, int, int]) -> N
     if not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
         raise ValueError(f"config.model.dropout={dropout!r} must be in [0, 1)")
 
-    dtype = _field(model_cfg, "dtype", "float32")
-    if dtype not in DTYPES:
-        raise ValueError(f"config.model.dtype={dtype!r} is unknown; allowed: {list(DTYPES)}")
 
 
-def build_model(model_cfg: Any, image_shape: tuple[int, int, int], num_classes: int = 0) -> UNet:
+def build_model(model_cfg: Any, image_shape: tuple[int, int, int], num_classes: int = 0,
+                dtype: str = "float32") -> UNet:
     """Builds the network from `config.model` after validating it.
 
     model_cfg: ConfigDict with name ('unet'), ch, ch_mult, num_res_blocks, attn_resolutions,
-        dropout, num_heads, head_channels, resblock_updown, use_scale_shift_norm,
-        class_conditional (bool) and dtype ('float32' | 'bfloat16').
+        dropout, num_heads, head_channels, resblock_updown, use_scale_shift_norm and
+        class_conditional (bool).
     image_shape: (H, W, C) of the images; C is the output channel count.
     num_classes: number of dataset classes; used only if model_cfg.class_conditional.
+    dtype: compute dtype of activations and matmuls ('float32' | 'bfloat16',
+        config.training.compute_dtype); params are always float32.
     """
+    if dtype not in DTYPES:
+        raise ValueError(f"config.training.compute_dtype={dtype!r} is unknown; allowed: "
+                         f"{', '.join(DTYPES)}")
     validate_unet_config(model_cfg, image_shape)
     class_conditional = bool(_field(model_cfg, "class_conditional", False))
     if class_conditional and num_classes <= 0:
@@ -146,7 +149,7 @@ def build_model(model_cfg: Any, image_shape: tuple[int, int, int], num_classes: 
         num_classes=num_classes if class_conditional else 0,
         resblock_updown=bool(_field(model_cfg, "resblock_updown", False)),
         use_scale_shift_norm=bool(_field(model_cfg, "use_scale_shift_norm", False)),
-        dtype=DTYPES[_field(model_cfg, "dtype", "float32")],
+        dtype=DTYPES[dtype],
     )
 
 

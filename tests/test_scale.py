@@ -1,0 +1,138 @@
+"""Scale-out: gradient accumulation, FSDP, bf16, checkpoints across meshes, two processes."""
+
+import os
+import socket
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+from conftest import tiny_config
+
+from diffjax import checkpoint, parallel, train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _train(config, num_steps):
+    exp = train.Experiment(config)
+    state = exp.init_state()
+    step_fn = exp.train_step_fn()
+    losses = []
+    for k in range(num_steps):
+        state, metrics = step_fn(state, exp.global_batch(k))
+        losses.append(float(metrics["loss"]))
+    return exp, state, losses
+
+
+def _assert_params_close(a, b, atol):
+    for (path, x), y in zip(jax.tree_util.tree_flatten_with_path(a)[0], jax.tree.leaves(b)):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-4, atol=atol,
+                                   err_msg=jax.tree_util.keystr(path))
+
+
+def test_grad_accumulation_over_4_micro_batches_equals_the_4x_batch(data_dir):
+    config = tiny_config(data_dir, **{"model.dropout": 0.0, "mesh.num_devices": 2})
+    _, big, big_losses = _train(config, 2)
+    config.training.grad_accum_steps = 4  # 8 -> 4 micro-batches of 2, one example per device
+    _, accumulated, accumulated_losses = _train(config, 2)
+    np.testing.assert_allclose(accumulated_losses, big_losses, rtol=1e-5)
+    # Same examples and noise, summed in another order: float error only (see test_train's note
+    # on Adam and zero gradients for the atol).
+    _assert_params_close(accumulated.params, big.params, atol=5e-5)
+
+
+def test_fsdp_gives_the_same_params_as_data_parallel(data_dir):
+    config = tiny_config(data_dir, **{"model.dropout": 0.0, "mesh.num_devices": 8})
+    _, replicated, dp_losses = _train(config, 2)
+    config.mesh.shape = (2, 4)
+    exp, sharded, fsdp_losses = _train(config, 2)
+    specs = [s.spec for s in jax.tree.leaves(exp.state_sharding.params)]
+    assert any(parallel.FSDP_AXIS in spec for spec in specs), "some params must be sharded"
+    big = [x for x in jax.tree.leaves(sharded.params) if x.size >= parallel.FSDP_MIN_SIZE]
+    assert all(len(x.addressable_shards[0].data.flatten()) == x.size // 4 for x in big)
+    np.testing.assert_allclose(fsdp_losses, dp_losses, rtol=1e-5)
+    _assert_params_close(sharded.params, replicated.params, atol=5e-5)
+
+
+def test_bfloat16_compute_trains_with_float32_state(data_dir):
+    config = tiny_config(data_dir, **{"training.compute_dtype": "bfloat16"})
+    exp = train.Experiment(config)
+    initial = jax.device_get(exp.init_state().params)
+    # 3 steps: the output conv starts at zero (ADM), so the layers below it learn from step 3 on.
+    _, state, losses = _train(config, 3)
+    assert all(np.isfinite(losses))
+    floats = jax.tree.leaves((state.params, state.ema_params, state.opt_state))
+    assert all(x.dtype == np.float32 for x in floats if np.issubdtype(x.dtype, np.floating))
+    changed = [not np.array_equal(a, b) for a, b in
+               zip(jax.tree.leaves(initial), jax.tree.leaves(jax.device_get(state.params)))]
+    assert sum(changed) >= 40  # zero-initialised branches (ADM) wake up one layer per step
+    config.training.compute_dtype = "float32"
+    _, _, f32_losses = _train(config, 3)
+    np.testing.assert_allclose(losses, f32_losses, rtol=0.02)  # bf16 has an 8-bit mantissa
+
+
+@pytest.mark.parametrize("num_devices, shape", [(1, (-1, 1)), (4, (-1, 1)), (4, (1, 4))])
+def test_a_checkpoint_saved_on_8_devices_restores_on_another_mesh(data_dir, tmp_path, num_devices,
+                                                                   shape):
+    config = tiny_config(data_dir, **{"mesh.num_devices": 8})
+    saved_exp = train.Experiment(config, load_data=False)
+    state = saved_exp.init_state()
+    ckpt = checkpoint.Checkpointer(str(tmp_path / "checkpoints"))
+    ckpt.save(1, state)
+    ckpt.close()
+
+    config.mesh.num_devices, config.mesh.shape = num_devices, shape
+    exp = train.Experiment(config, load_data=False)
+    restored, step = checkpoint.Checkpointer(str(tmp_path / "checkpoints")).restore_latest(
+        exp.abstract_target())
+    assert step == 1
+    for x, y, want in zip(jax.tree.leaves(restored), jax.tree.leaves(state),
+                          jax.tree.leaves(exp.state_sharding)):
+        assert x.sharding == want and len(x.sharding.device_set) == num_devices
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+TWO_PROCESS_RUN = ["--config.data.image_size=16", "--config.model.ch_mult=(1,2)",
+                   "--config.model.attn_resolutions=(8,)", "--config.model.dropout=0.0",
+                   "--config.training.batch_size=16", "--config.training.num_steps=3",
+                   "--config.training.log_every_steps=1",
+                   "--config.training.checkpoint_every_steps=3",
+                   "--config.training.sample_every_steps=0", "--config.sampling.num_steps=2",
+                   "--config.sampling.grid_samples=8", "--config.sampling.batch_size=8",
+                   "--config.optim.warmup_steps=2"]
+
+
+def _popen(workdir, data_dir, *extra):
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="", DIFFJAX_DATA_DIR=data_dir)
+    return subprocess.Popen([sys.executable, os.path.join(ROOT, "launch.py"), "--workdir",
+                             str(workdir), *TWO_PROCESS_RUN, *extra], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_two_processes_of_4_devices_equal_one_process_of_8(data_dir, tmp_path):
+    port = _free_port()
+    procs = [_popen(tmp_path / "two", data_dir, "--config.mesh.cpu_devices=4",
+                    f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
+                    f"--process_id={i}") for i in range(2)]
+    single = _popen(tmp_path / "one", data_dir, "--config.mesh.cpu_devices=8")
+    for proc in (*procs, single):
+        out, err = proc.communicate(timeout=900)
+        assert proc.returncode == 0, err[-3000:]
+    assert "devices: 8" in out
+    from test_reliability import _final_arrays, _losses
+
+    two, one = _final_arrays(tmp_path / "two", 3), _final_arrays(tmp_path / "one", 3)
+    assert two.keys() == one.keys()
+    for key in two:
+        np.testing.assert_allclose(two[key], one[key], rtol=1e-5, atol=5e-6, err_msg=key)
+    np.testing.assert_allclose([v for _, v in _losses(tmp_path / "two")],
+                               [v for _, v in _losses(tmp_path / "one")], rtol=1e-5)
+    assert os.path.exists(tmp_path / "two" / "samples" / "grid_00000003.png")
