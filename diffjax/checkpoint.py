@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -22,6 +21,8 @@ import time
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+
+from diffjax import files
 
 MANIFEST = "diffjax_manifest.json"
 CORRUPT_DIR = "corrupt"
@@ -33,14 +34,6 @@ class CorruptCheckpointError(RuntimeError):
 
 class _Mismatch(Exception):
     """A readable step whose arrays have other names or shapes than the restore target."""
-
-
-def _file_digest(path: str) -> str:
-    sha = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            sha.update(block)
-    return sha.hexdigest()
 
 
 def _list_files(step_dir: str) -> list[str]:
@@ -58,7 +51,7 @@ def write_manifest(step_dir: str) -> None:
     entries = {}
     for rel in _list_files(step_dir):
         path = os.path.join(step_dir, rel)
-        entries[rel] = [os.path.getsize(path), _file_digest(path)]
+        entries[rel] = [os.path.getsize(path), files.sha256(path)]
     tmp = os.path.join(step_dir, MANIFEST + ".tmp")
     with open(tmp, "w") as f:
         json.dump({"files": entries}, f, indent=0, sort_keys=True)
@@ -87,7 +80,7 @@ def verify_manifest(step_dir: str) -> bool:
         if actual != size:
             raise CorruptCheckpointError(f"file {rel} has {actual} bytes, {size} were written "
                                          f"(truncated or overwritten)")
-        if _file_digest(file_path) != digest:
+        if files.sha256(file_path) != digest:
             raise CorruptCheckpointError(f"file {rel} does not match its SHA-256 (flipped bytes)")
     return True
 

@@ -34,7 +34,8 @@ def linear_betas(
 
 
 def cosine_alpha_bar(t: np.ndarray, s: float = 0.008) -> np.ndarray:
-    """iDDPM (Nichol & Dhariwal 2021) eq. 17: alpha_bar(t) = f(t) / f(0), f = cos^2((t+s)/(1+s) pi/2).
+    """iDDPM (Nichol & Dhariwal 2021) eq. 17: alpha_bar(t) = f(t) / f(0),
+    f(t) = cos^2((t + s) / (1 + s) pi / 2).
 
     t: continuous time in [0, 1]."""
     f = lambda u: np.cos((u + s) / (1 + s) * np.pi / 2) ** 2  # noqa: E731
@@ -51,7 +52,7 @@ def cosine_betas(num_timesteps: int, s: float = 0.008, max_beta: float = 0.999) 
 def sigmoid_betas(
     num_timesteps: int, beta_start: float = 1e-4, beta_end: float = 0.02
 ) -> np.ndarray:
-    """GeoDiff (Xu et al. 2022) sigmoid betas: sigmoid(linspace(-6, 6, T)) rescaled to [start, end]."""
+    """GeoDiff (Xu et al. 2022) betas: sigmoid(linspace(-6, 6, T)) rescaled to [start, end]."""
     u = np.linspace(-6.0, 6.0, num_timesteps, dtype=np.float64)
     return 1.0 / (1.0 + np.exp(-u)) * (beta_end - beta_start) + beta_start
 
@@ -135,7 +136,8 @@ class DiscreteSchedule(_Base):
 
 @dataclasses.dataclass(frozen=True)
 class VPLinear(_Base):
-    """score_sde VP SDE: beta(t) = beta_min + t (beta_max - beta_min), log alpha = -t^2 d/4 - t b0/2."""
+    """score_sde VP SDE: beta(t) = beta_min + t (beta_max - beta_min);
+    log alpha(t) = -t^2 (beta_max - beta_min) / 4 - t beta_min / 2."""
 
     beta_min: float = 0.1
     beta_max: float = 20.0
@@ -157,7 +159,8 @@ class VPLinear(_Base):
 
 @dataclasses.dataclass(frozen=True)
 class VPCosine(_Base):
-    """Continuous cosine schedule by log-SNR: logsnr(t) = -2 log tan(a t + b), clipped to [min, max]."""
+    """Continuous cosine schedule by log-SNR: logsnr(t) = -2 log tan(a t + b), spanning
+    [logsnr_min, logsnr_max]."""
 
     logsnr_min: float = -20.0
     logsnr_max: float = 20.0
@@ -200,7 +203,8 @@ class VESchedule(_Base):
 
 @dataclasses.dataclass(frozen=True)
 class EDMSchedule(_Base):
-    """EDM (Karras et al. 2022, eq. 5): sigma(t) = (s_min^(1/rho) + t (s_max^(1/rho) - s_min^(1/rho)))^rho."""
+    """EDM (Karras et al. 2022, eq. 5):
+    sigma(t) = (s_min^(1/rho) + t (s_max^(1/rho) - s_min^(1/rho)))^rho."""
 
     sigma_min: float = 0.002
     sigma_max: float = 80.0

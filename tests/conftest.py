@@ -68,3 +68,17 @@ def tiny_config(data_dir: str, **overrides):
             node = node[p]
         node[leaf] = value
     return config
+
+
+def run_steps(config, num_steps: int):
+    """Trains `num_steps` steps of `config` in-process; returns (experiment, state, losses)."""
+    from diffjax import train
+
+    exp = train.Experiment(config)
+    state = exp.init_state()
+    step_fn = exp.train_step_fn()
+    losses = []
+    for k in range(num_steps):
+        state, metrics = step_fn(state, exp.global_batch(k))
+        losses.append(float(metrics["loss"]))
+    return exp, state, losses

