@@ -9,7 +9,7 @@ import shutil
 import numpy as np
 import pytest
 
-from diffjax import parallel
+from diffjax import files, parallel
 from diffjax.evaluation import features, inception, metrics, stats_io, torch_files, weights
 
 
@@ -48,7 +48,7 @@ def _torch_pytorch_fid_input(images_nhwc_uint8):
 def test_default_weights_file_is_the_pinned_one():
     path = weights.default_weights_path()
     assert os.path.basename(path) == "default_1.pt"
-    assert weights._sha256(path) == weights.DEFAULT_SHA256
+    assert files.sha256(path) == weights.DEFAULT_SHA256
 
 
 @pytest.mark.parametrize("height, width, channels", [(28, 28, 1), (32, 48, 3), (401, 350, 3)])
