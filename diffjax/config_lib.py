@@ -1,4 +1,4 @@
-"""Config validation: every bad value fails at start-up, naming the key, the value and what is allowed."""
+"""Config validation: bad values fail at start-up, naming the key, the value and what is allowed."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ DTYPES = ("float32", "bfloat16")
 
 def _choice(key: str, value, allowed) -> None:
     if value not in allowed:
-        raise ValueError(f"config.{key}={value!r} is unknown; allowed: {', '.join(map(str, allowed))}")
+        raise ValueError(f"config.{key}={value!r} is unknown; allowed: "
+                         f"{', '.join(map(str, allowed))}")
 
 
 def _check(key: str, value, ok: bool, rule: str) -> None:
@@ -37,6 +38,20 @@ def validate_sampling(config) -> None:
            "must be a tuple of class indices, e.g. (3,) or (0, 1, 2); () for random labels")
     _check("sampling.labels", labels, not labels or conditional,
            "labels need a class-conditional model (config.model.class_conditional=True)")
+    t = config.training
+    kept = (t.ema_decay, *tuple(t.get("ema_decays", ())))
+    for decay in tuple(s.get("ema_decays", ())):
+        _check("sampling.ema_decays", tuple(s.ema_decays), decay == 0.0 or decay in kept,
+               f"{decay} is not an EMA rate this run keeps; allowed: "
+               f"{', '.join(map(str, kept))} (training.ema_decay, training.ema_decays) or 0.0 "
+               f"(the raw params)")
+    _check("sampling.ema_decays", tuple(s.get("ema_decays", ())),
+           len(set(s.get("ema_decays", ()))) == len(tuple(s.get("ema_decays", ()))),
+           "rates must be distinct")
+    steps = tuple(s.get("checkpoint_steps", ()))
+    _check("sampling.checkpoint_steps", steps,
+           all(isinstance(x, int) and x >= 1 for x in steps) and len(set(steps)) == len(steps),
+           "must be distinct checkpoint steps >= 1, e.g. (800, 1600); () for the newest")
     if "inpaint" in config:
         i = config.inpaint
         _choice("inpaint.mask", i.mask, sampling.repaint.MASKS)
@@ -99,6 +114,30 @@ def validate(config) -> None:
     _check("training.batch_size", t.batch_size, t.batch_size >= 1, "must be >= 1")
     _check("training.num_steps", t.num_steps, t.num_steps >= 1, "must be >= 1")
     _check("training.ema_decay", t.ema_decay, 0 <= t.ema_decay < 1, "must be in [0, 1)")
+    extra = tuple(t.get("ema_decays", ()))
+    _check("training.ema_decays", extra,
+           all(isinstance(x, float) and 0 <= x < 1 for x in extra),
+           "rates must be floats in [0, 1)")
+    _check("training.ema_decays", extra, len(set(extra)) == len(extra)
+           and t.ema_decay not in extra,
+           f"rates must be distinct and differ from training.ema_decay={t.ema_decay}")
+    _check("training.val_every_steps", t.val_every_steps, t.val_every_steps >= 0,
+           "must be >= 0 (0 disables the validation loss)")
+    _check("training.val_every_steps", t.val_every_steps,
+           t.val_every_steps == 0 or bool(config.data.val_split),
+           "the validation loss needs a held-out split: set config.data.val_split, e.g. "
+           "'train[90%:]' with config.data.split='train[:90%]'")
+    _check("training.val_num_examples", t.val_num_examples, t.val_num_examples >= 0,
+           "must be >= 0 (0: the whole split)")
+    _check("training.val_num_levels", t.val_num_levels, t.val_num_levels >= 1, "must be >= 1")
+    _check("diffusion.curriculum_steps", d.curriculum_steps, d.curriculum_steps >= 0,
+           "must be >= 0 (0 disables the curriculum)")
+    _check("diffusion.curriculum_t_min_start", d.curriculum_t_min_start,
+           0 <= d.curriculum_t_min_start < d.curriculum_t_max_start <= 1,
+           f"need 0 <= curriculum_t_min_start < curriculum_t_max_start "
+           f"(={d.curriculum_t_max_start}) <= 1")
+    _check("diffusion.curriculum_p_std_start", d.curriculum_p_std_start,
+           d.curriculum_p_std_start > 0, "must be > 0")
     for key in ("log_every_steps", "checkpoint_every_steps", "keep_checkpoints",
                 "max_nonfinite_steps", "grad_accum_steps"):
         _check(f"training.{key}", t[key], t[key] >= 1, "must be >= 1")
@@ -115,7 +154,8 @@ def validate(config) -> None:
     _check("data.image_size", config.data.image_size, config.data.image_size >= 0,
            "must be >= 0 (0: the dataset's own size)")
     _check("mesh.num_devices", config.mesh.num_devices,
-           config.mesh.num_devices == -1 or config.mesh.num_devices >= 1, "must be -1 (all) or >= 1")
+           config.mesh.num_devices == -1 or config.mesh.num_devices >= 1,
+           "must be -1 (all) or >= 1")
     if "eval" in config:
         validate_eval(config.eval)
 

@@ -106,7 +106,8 @@ def load_source(name: str, split: str = "train", data_dir: str = "", prepare_emb
         builder = tfds.builder(name, data_dir=data_dir)
     except Exception as e:  # tfds raises DatasetNotFoundError for unknown names
         first_line = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise FileNotFoundError(f"config.data.name={name!r} is not a TFDS dataset: {first_line}") from e
+        raise FileNotFoundError(f"config.data.name={name!r} is not a TFDS dataset: "
+                                f"{first_line}") from e
     if not builder.is_prepared():
         raise FileNotFoundError(_missing_message(name, data_dir))
     if "image" not in builder.info.features:
@@ -120,7 +121,8 @@ def load_source(name: str, split: str = "train", data_dir: str = "", prepare_emb
     return source, builder.info
 
 
-def dataset_spec(name: str, data_dir: str = "", image_size: int = 0) -> tuple[tuple[int, int, int], int]:
+def dataset_spec(name: str, data_dir: str = "",
+                 image_size: int = 0) -> tuple[tuple[int, int, int], int]:
     """((H, W, C), num_classes) of a TFDS dataset from its builder's metadata; needs no prepared
     data. image_size > 0 overrides H and W (the pipeline resizes)."""
     tfds = _tfds()
@@ -130,7 +132,8 @@ def dataset_spec(name: str, data_dir: str = "", image_size: int = 0) -> tuple[tu
         info = tfds.builder(name, data_dir=default_data_dir(data_dir)).info
     except Exception as e:
         first_line = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise FileNotFoundError(f"config.data.name={name!r} is not a TFDS dataset: {first_line}") from e
+        raise FileNotFoundError(f"config.data.name={name!r} is not a TFDS dataset: "
+                                f"{first_line}") from e
     if "image" not in info.features:
         raise ValueError(f"config.data.name={name!r} has no 'image' feature "
                          f"(features: {list(info.features)})")
@@ -186,7 +189,8 @@ class Pipeline:
         first = self._decode(0)
         self.image_shape = first[0].shape
         if first[0].ndim != 3 or first[0].shape[-1] not in (1, 3):
-            raise ValueError(f"images must be [H, W, C] with C in (1, 3); got shape {first[0].shape}")
+            raise ValueError(f"images must be [H, W, C] with C in (1, 3); got shape "
+                             f"{first[0].shape}")
         if in_memory and self.num_examples * first[0].nbytes <= 2 * 1024**3:
             decoded = [self._decode(i) for i in range(self.num_examples)]
             self._images = np.stack([d[0] for d in decoded])

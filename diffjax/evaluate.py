@@ -12,13 +12,14 @@ from __future__ import annotations
 import json
 import os
 import time
+from typing import Iterator
 
 import jax
 import numpy as np
 
-from diffjax import generate
+from diffjax import generate, writers
 from diffjax.evaluation.evaluator import Evaluator
-from diffjax.sample import restore_state
+from diffjax.sample import params_tag, restore_sampling_params
 from diffjax.train import Experiment
 
 AGGREGATES = ("min", "mean")
@@ -38,19 +39,26 @@ def evaluate_workdir(config, workdir: str) -> dict:
     """Evaluates the newest checkpoint of `workdir`; writes and returns the result dict."""
     ev, s = config.eval, config.sampling
     exp = Experiment(config, workdir, load_data=False)
-    state, step = restore_state(exp, workdir)
+    params, step = restore_sampling_params(exp, config, workdir)
     gen = generate.Generator(
         exp.model, exp.schedule, config, exp.mesh, exp.image_shape, exp.num_classes
     )
+    compile_seconds = gen.compile(params)
     evaluator = Evaluator(config, exp.mesh)
     start = time.time()
     reference = evaluator.describe()
     seconds_reference = time.time() - start
     seeds = [ev.seed + i for i in range(ev.num_seeds)]
     per_seed = []
+    shown: list[np.ndarray] = []  # the first scored images of the first seed, for a grid
     for seed in seeds:
-        batches = gen.iter_samples(state.ema_params, ev.num_samples, seed=seed)
-        per_seed.append({"seed": seed, **evaluator.score(batches), "nfe": gen.nfe})
+        clock = [0.0]
+        batches = _timed(gen.iter_samples(params, ev.num_samples, seed=seed), clock)
+        if seed == seeds[0]:
+            batches = _keep_first(batches, shown, s.grid_samples)
+        scores = evaluator.score(batches)
+        per_seed.append({"seed": seed, **scores, "nfe": gen.nfe, "sampling_seconds": clock[0],
+                         "samples_per_sec": ev.num_samples / max(clock[0], 1e-9)})
         _log(
             f"step {step} seed {seed}: "
             + ", ".join(f"{k}={v:.5g}" for k, v in per_seed[-1].items() if k in METRIC_KEYS)
@@ -68,10 +76,11 @@ def evaluate_workdir(config, workdir: str) -> dict:
         **reference,
         "seconds_reference_statistics": seconds_reference,
         "devices": exp.mesh.devices.size,
+        "sampling_compile_seconds": compile_seconds,
         "sampling_config": s.to_dict(),
     }
     name = (
-        f"eval_step{step}_{s.sampler}{s.num_steps}_n{ev.num_samples}_seeds"
+        f"eval_step{step}_{s.sampler}{s.num_steps}{params_tag(config)}_n{ev.num_samples}_seeds"
         f"{seeds[0]}-{seeds[-1]}_{ev.aggregate}.json"
     )
     path = os.path.join(exp.workdir, "eval", name)
@@ -79,6 +88,7 @@ def evaluate_workdir(config, workdir: str) -> dict:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with open(path, "w") as f:
             json.dump(result, f, indent=2)
+        writers.save_grid(np.concatenate(shown)[:s.grid_samples], path[:-len(".json")] + ".png")
         summary = ", ".join(f"{k}={result[k]:.5g}" for k in METRIC_KEYS if k in result)
         _log(
             f"step {step}, {s.sampler} {gen.nfe} NFE, {ev.num_samples} samples x {len(seeds)} "
@@ -86,6 +96,28 @@ def evaluate_workdir(config, workdir: str) -> dict:
         )
     result["path"] = path
     return result
+
+
+def _keep_first(batches: Iterator[np.ndarray], store: list, n: int) -> Iterator[np.ndarray]:
+    """Yields `batches`, appending to `store` until it holds at least n images."""
+    for batch in batches:
+        if sum(len(b) for b in store) < n:
+            store.append(np.asarray(batch))
+        yield batch
+
+
+def _timed(batches: Iterator[np.ndarray], clock: list[float]) -> Iterator[np.ndarray]:
+    """Yields `batches`, adding the seconds spent producing them (sampling, not the Inception
+    features computed by the consumer in between) to clock[0]."""
+    iterator = iter(batches)
+    while True:
+        start = time.perf_counter()
+        try:
+            batch = next(iterator)
+        except StopIteration:
+            return
+        clock[0] += time.perf_counter() - start
+        yield batch
 
 
 METRIC_KEYS = ("fid", "kid_mean", "kid_std", "is_mean", "is_std", "precision", "recall")

@@ -59,13 +59,22 @@ class Generator:
 
     def model_fn(self, params):
         """The conditional denoiser (x_t [B,H,W,C], t [B], labels [B] or None) -> network output,
-        through losses.network_output (the EDM input scaling shared with training)."""
+        through losses.network_output (the EDM input scaling shared with training).
+
+        params: one param tree, or a tuple/list of them: a checkpoint ensemble, whose denoiser is
+        the mean of the members' network outputs. Every converter to x0/eps is affine in the
+        output at fixed (x_t, t), so this averages their x0 (and eps, score) predictions too."""
         param, sigma_data = self.config.diffusion.parameterization, self.config.diffusion.sigma_data
+        members = tuple(params) if isinstance(params, (tuple, list)) else (params,)
 
         def model_fn(x_t, t, labels):
-            apply = lambda x, c: self.model.apply(  # noqa: E731
-                {"params": params}, x, c, labels if self.num_classes else None, train=False)
-            return losses.network_output(apply, x_t, t, self.schedule, param, sigma_data)
+            outputs = []
+            for member in members:
+                apply = lambda x, c, p=member: self.model.apply(  # noqa: E731
+                    {"params": p}, x, c, labels if self.num_classes else None, train=False)
+                outputs.append(losses.network_output(apply, x_t, t, self.schedule, param,
+                                                     sigma_data))
+            return outputs[0] if len(outputs) == 1 else sum(outputs) / len(outputs)
 
         return model_fn
 

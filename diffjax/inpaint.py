@@ -105,11 +105,11 @@ def inpaint_from_workdir(config, workdir: str) -> str:
     (with config.sampling.guidance_scale)."""
     from tqdm import tqdm
 
-    from diffjax.sample import restore_state
+    from diffjax.sample import params_tag, restore_sampling_params
     from diffjax.train import Experiment
 
     exp = Experiment(config, workdir, load_data=False)
-    state, step = restore_state(exp, workdir)
+    params, step = restore_sampling_params(exp, config, workdir)  # EMA, or an ensemble
     gen = generate.Generator(exp.model, exp.schedule, config, exp.mesh, exp.image_shape,
                              exp.num_classes)
     inpainter = Inpainter(gen, config)
@@ -129,7 +129,7 @@ def inpaint_from_workdir(config, workdir: str) -> str:
         images, masks, labels = parallel.to_global((examples["image"], mask, examples["label"]),
                                                    exp.mesh)
         key = jax.random.fold_in(jax.random.PRNGKey(s.seed), i)
-        completed = inpainter.complete(state.ema_params, images, masks, labels, key)
+        completed = inpainter.complete(params, images, masks, labels, key)
         keep = min(batch, icfg.num_images - i * batch)
         out["completed"].append(completed[:keep])
         out["original"].append(parallel.to_host(sampling.to_uint8(images))[:keep])
@@ -154,7 +154,7 @@ def inpaint_from_workdir(config, workdir: str) -> str:
     directory = os.path.join(exp.workdir, "inpaint")
     cfg = f"_cfg{s.guidance_scale:g}" if s.guidance_scale != 1.0 else ""
     name = (f"inpaint_step{step}_{icfg.mask}_repaint{s.num_steps}_j{icfg.jump_length}"
-            f"r{icfg.resample}{cfg}_seed{s.seed}")
+            f"r{icfg.resample}{cfg}{params_tag(config)}_seed{s.seed}")
     path = os.path.join(directory, name + ".json")
     if jax.process_index() == 0:
         os.makedirs(directory, exist_ok=True)

@@ -177,18 +177,30 @@ def loss_weight(weighting: str, parameterization: str, alpha, sigma, min_snr_gam
 
 
 def sample_time(rng, batch_size: int, schedule, mode: str = "uniform", p_mean: float = -1.2,
-                p_std: float = 1.2, t_min: float = 1e-5):
+                p_std: float = 1.2, t_min: float = 1e-5, t_range=None):
     """Training times t: [B] float32.
 
     uniform:   discrete schedules draw the step index uniformly from {0..T-1}; continuous ones
                draw t ~ U[t_min, 1].
     lognormal: EDM (Karras et al. 2022, Table 1): ln sigma ~ N(p_mean, p_std^2), with
                sigma = sigma / alpha the VE-equivalent noise level, mapped back to t.
+    t_range:   optional (lo, hi) scalars (possibly traced) narrowing `uniform` to t in [lo, hi]:
+               step indices floor(lo T) .. ceil(hi T) - 1 (at least one), or U[max(lo, t_min), hi].
+               Used by the noise-level curriculum (`curriculum_at`).
     """
     if mode not in TIME_SAMPLINGS:
         raise ValueError(f"config.diffusion.time_sampling={mode!r} is unknown; allowed: "
                          f"{', '.join(TIME_SAMPLINGS)}")
     if mode == "uniform":
+        if t_range is not None:
+            lo, hi = (jnp.asarray(v, jnp.float32) for v in t_range)
+            if schedule.is_discrete:
+                steps = schedule.num_timesteps
+                first = jnp.clip(jnp.floor(lo * steps), 0, steps - 1).astype(jnp.int32)
+                stop = jnp.clip(jnp.ceil(hi * steps), first + 1, steps).astype(jnp.int32)
+                return schedule.t_from_index(jax.random.randint(rng, (batch_size,), first, stop))
+            return jax.random.uniform(rng, (batch_size,), minval=jnp.maximum(lo, t_min),
+                                      maxval=hi)
         if schedule.is_discrete:
             index = jax.random.randint(rng, (batch_size,), 0, schedule.num_timesteps)
             return schedule.t_from_index(index)
@@ -214,11 +226,77 @@ def diffusion_loss(apply_fn: Callable, x0, rng, schedule, cfg):
     return denoising_loss(apply_fn, x0, t, eps, schedule, cfg)
 
 
-def draw_noise(rng, shape: tuple[int, ...], schedule, cfg):
-    """The randomness of one training batch: times t [B] and noise eps [B, H, W, C]."""
+def draw_noise(rng, shape: tuple[int, ...], schedule, cfg, step=None):
+    """The randomness of one training batch: times t [B] and noise eps [B, H, W, C].
+
+    step: the train step (int32 scalar, may be traced); with cfg.curriculum_steps > 0 the time
+    distribution is `curriculum_at(cfg, step)`'s, a pure function of the step (exact resume)."""
     rng_t, rng_eps = jax.random.split(rng)
-    t = sample_time(rng_t, shape[0], schedule, cfg.time_sampling, cfg.p_mean, cfg.p_std)
+    if cfg.get("curriculum_steps", 0) > 0 and step is not None:
+        cur = curriculum_at(cfg, step)
+        t = sample_time(rng_t, shape[0], schedule, cfg.time_sampling, cur["p_mean"],
+                        cur["p_std"], t_range=(cur["t_min"], cur["t_max"]))
+    else:
+        t = sample_time(rng_t, shape[0], schedule, cfg.time_sampling, cfg.p_mean, cfg.p_std)
     return t, jax.random.normal(rng_eps, shape, jnp.float32)
+
+
+def curriculum_at(cfg, step) -> dict:
+    """The noise-level curriculum at train step `step` (an int or int32 scalar, may be traced).
+
+    With f = clip(step / cfg.curriculum_steps, 0, 1), each parameter of the time distribution
+    moves linearly from its start value to its final one:
+      uniform:   t ~ U[t_min, t_max], t_min = (1 - f) curriculum_t_min_start,
+                 t_max = (1 - f) curriculum_t_max_start + f  (U[0, 1] from then on);
+      lognormal: p_mean = (1 - f) curriculum_p_mean_start + f p_mean, likewise p_std.
+    Returns {'fraction', 't_min', 't_max', 'p_mean', 'p_std'}: float32 scalars."""
+    steps = cfg.curriculum_steps
+    if steps <= 0:
+        raise ValueError(f"config.diffusion.curriculum_steps={steps}: the curriculum is off")
+    frac = jnp.clip(jnp.asarray(step, jnp.float32) / float(steps), 0.0, 1.0)
+    lerp = lambda start, end: (1.0 - frac) * start + frac * end  # noqa: E731
+    return {"fraction": frac,
+            "t_min": lerp(cfg.curriculum_t_min_start, 0.0),
+            "t_max": lerp(cfg.curriculum_t_max_start, 1.0),
+            "p_mean": lerp(cfg.curriculum_p_mean_start, cfg.p_mean),
+            "p_std": lerp(cfg.curriculum_p_std_start, cfg.p_std)}
+
+
+def time_quantiles(schedule, cfg, num_levels: int, t_min: float = 1e-5):
+    """A fixed grid of `num_levels` times: the midpoint quantiles u_k = (k + 1/2) / K of the
+    training time distribution (without curriculum), so that the mean loss over the grid is a
+    stratified estimate of the expected training loss.
+
+    uniform:   discrete: step index floor(u_k T) (t = (index + 1) / T); continuous:
+               t = t_min + u_k (1 - t_min).
+    lognormal: ln sigma_k = p_mean + p_std Phi^-1(u_k) (Karras et al. 2022, Table 1), mapped to t.
+    Returns t: [K] float32, increasing."""
+    if cfg.time_sampling not in TIME_SAMPLINGS:
+        raise ValueError(f"config.diffusion.time_sampling={cfg.time_sampling!r} is unknown; "
+                         f"allowed: {', '.join(TIME_SAMPLINGS)}")
+    u = (jnp.arange(num_levels, dtype=jnp.float32) + 0.5) / num_levels
+    if cfg.time_sampling == "uniform":
+        if schedule.is_discrete:
+            return schedule.t_from_index(jnp.floor(u * schedule.num_timesteps))
+        return t_min + u * (1.0 - t_min)
+    log_sigma = cfg.p_mean + cfg.p_std * jax.scipy.special.ndtri(u)
+    return jnp.clip(schedule.t_from_logsnr(-2.0 * log_sigma), t_min, 1.0)
+
+
+def grid_loss(apply_fn: Callable, x0, ts, rng, schedule, cfg):
+    """The training loss of x0 at each fixed time ts[k], with noise eps_k = normal(fold_in(rng,
+    k), x0.shape): a deterministic validation loss (same rng, same value).
+
+    apply_fn: as in `diffusion_loss`.  x0: [B, H, W, C];  ts: [K] times;  rng: a PRNG key.
+    Returns per-example losses [K, B] (one network pass per level, under lax.map)."""
+    def level(inputs):
+        k, t = inputs
+        eps = jax.random.normal(jax.random.fold_in(rng, k), x0.shape, jnp.float32)
+        t_b = jnp.full((x0.shape[0],), t, jnp.float32)
+        return denoising_loss(apply_fn, x0, t_b, eps, schedule, cfg)[1]
+
+    ts = jnp.asarray(ts, jnp.float32)
+    return jax.lax.map(level, (jnp.arange(ts.shape[0]), ts))
 
 
 def denoising_loss(apply_fn: Callable, x0, t, eps, schedule, cfg):

@@ -33,6 +33,15 @@ class TrainState:
     nonfinite_count: jax.Array  # int32 [], consecutive updates skipped for a non-finite loss/grad
 
 
+@flax.struct.dataclass
+class MultiEMATrainState(TrainState):
+    """A TrainState that also keeps one EMA of the params per rate in config.training.ema_decays
+    (`extra_ema[i]` at rate ema_decays[i]); `ema_params` stays the EMA at training.ema_decay. Runs
+    without extra rates use TrainState, so their checkpoint layout is unchanged."""
+
+    extra_ema: tuple = ()
+
+
 def learning_rate_schedule(cfg, num_steps: int) -> optax.Schedule:
     """Linear warmup over cfg.warmup_steps, then constant or cosine decay to lr * final_lr_frac."""
     warmup = optax.linear_schedule(0.0, cfg.lr, max(cfg.warmup_steps, 1))
@@ -62,13 +71,17 @@ def build_optimizer(cfg, num_steps: int) -> tuple[optax.GradientTransformation, 
     return opt, lr
 
 
-def init_state(rng, model, image_shape, tx) -> TrainState:
-    """Fresh state: params from model.init on a dummy batch, EMA = params, step 0."""
+def init_state(rng, model, image_shape, tx, num_extra_ema: int = 0) -> TrainState:
+    """Fresh state: params from model.init on a dummy batch, every EMA = params, step 0.
+    num_extra_ema > 0 gives a MultiEMATrainState with that many extra EMAs."""
     rng, init_rng = jax.random.split(rng)
     dummy = jnp.zeros((1, *image_shape), jnp.float32)
     params = model.init({"params": init_rng}, dummy, jnp.zeros((1,)), None, train=False)["params"]
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, ema_params=params,
-                      opt_state=tx.init(params), rng=rng, nonfinite_count=jnp.zeros((), jnp.int32))
+    fields = dict(step=jnp.zeros((), jnp.int32), params=params, ema_params=params,
+                  opt_state=tx.init(params), rng=rng, nonfinite_count=jnp.zeros((), jnp.int32))
+    if num_extra_ema:
+        return MultiEMATrainState(**fields, extra_ema=(params,) * num_extra_ema)
+    return TrainState(**fields)
 
 
 def ema_decay_at(step, decay: float, warmup: bool):
@@ -77,6 +90,22 @@ def ema_decay_at(step, decay: float, warmup: bool):
         return jnp.asarray(decay, jnp.float32)
     k = step.astype(jnp.float32)
     return jnp.minimum(decay, (1.0 + k) / (10.0 + k))
+
+
+def ema_params_of(state: TrainState, config, decay: float):
+    """The params of `state` averaged at EMA rate `decay`: training.ema_decay -> ema_params,
+    a rate of training.ema_decays -> its extra EMA, 0.0 -> the raw params (an EMA with decay 0)."""
+    tcfg = config.training
+    extra = tuple(tcfg.get("ema_decays", ()))
+    if decay == 0.0:
+        return state.params
+    if decay == tcfg.ema_decay:
+        return state.ema_params
+    if decay in extra and isinstance(state, MultiEMATrainState):
+        return state.extra_ema[extra.index(decay)]
+    raise ValueError(f"config.sampling.ema_decays contains {decay}, which this run does not keep; "
+                     f"allowed: {', '.join(map(str, (tcfg.ema_decay, *extra)))} or 0.0 (the raw "
+                     f"params)")
 
 
 def make_train_step(model, schedule, config, tx, lr_fn):
@@ -91,6 +120,7 @@ def make_train_step(model, schedule, config, tx, lr_fn):
     nan_steps = _test_nan_steps()
 
     accum = tcfg.grad_accum_steps
+    extra_decays = tuple(tcfg.get("ema_decays", ()))
 
     def micro_loss(params, micro, rng_drop):
         """Mean loss of one micro-batch {'image', 'label', 't', 'eps'}."""
@@ -105,7 +135,7 @@ def make_train_step(model, schedule, config, tx, lr_fn):
         rng = jax.random.fold_in(state.rng, state.step)
         rng_loss, rng_drop, rng_label = jax.random.split(rng, 3)
         # The whole batch's randomness is drawn first, so accumulation changes nothing but memory.
-        t, eps = losses.draw_noise(rng_loss, batch["image"].shape, schedule, dcfg)
+        t, eps = losses.draw_noise(rng_loss, batch["image"].shape, schedule, dcfg, state.step)
         full = {"image": batch["image"], "label": batch["label"], "t": t, "eps": eps}
         if null_label and mcfg.class_dropout > 0:
             drop = jax.random.bernoulli(rng_label, mcfg.class_dropout, batch["label"].shape)
@@ -133,19 +163,27 @@ def make_train_step(model, schedule, config, tx, lr_fn):
             loss, grads = loss * poison, jax.tree.map(lambda g: g * poison, grads)
         grad_norm = optax.global_norm(grads)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        keep_if_bad = lambda new, old: jax.tree.map(  # noqa: E731
+            lambda n, o: jnp.where(finite, n, o), new, old)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         decay = ema_decay_at(state.step, tcfg.ema_decay, tcfg.ema_warmup)
         ema = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, state.ema_params, params)
-        keep_if_bad = lambda new, old: jax.tree.map(  # noqa: E731
-            lambda n, o: jnp.where(finite, n, o), new, old)
+        extra = {}
+        if extra_decays:  # e_i <- d_i e_i + (1 - d_i) params, each rate with the same warmup rule
+            extra["extra_ema"] = tuple(
+                jax.tree.map(lambda e, p, d=ema_decay_at(state.step, rate, tcfg.ema_warmup):
+                             d * e + (1.0 - d) * p, ema_i, params)
+                for rate, ema_i in zip(extra_decays, state.extra_ema))
+            extra["extra_ema"] = keep_if_bad(extra["extra_ema"], state.extra_ema)
         nonfinite_count = jnp.where(finite, 0, state.nonfinite_count + 1)
         metrics = {"loss": loss, "grad_norm": grad_norm, "lr": lr_fn(state.step),
                    "skipped": (~finite).astype(jnp.int32), "nonfinite_count": nonfinite_count}
         new_state = state.replace(
             step=state.step + 1, params=keep_if_bad(params, state.params),
             ema_params=keep_if_bad(ema, state.ema_params),
-            opt_state=keep_if_bad(opt_state, state.opt_state), nonfinite_count=nonfinite_count)
+            opt_state=keep_if_bad(opt_state, state.opt_state), nonfinite_count=nonfinite_count,
+            **extra)
         return new_state, metrics
 
     return train_step
@@ -194,6 +232,9 @@ class Experiment:
             if tuple(self.pipeline.image_shape) != self.image_shape:
                 raise ValueError(f"config.data.name={config.data.name!r}: decoded images have "
                                  f"shape {self.pipeline.image_shape}, expected {self.image_shape}")
+        self.val_pipeline = None
+        if load_data and config.data.get("val_split") and tcfg.get("val_every_steps", 0):
+            self.val_pipeline = self._val_pipeline(config)
         if config.model.class_conditional and not self.num_classes:
             raise ValueError(f"config.model.class_conditional=True but {config.data.name!r} has "
                              f"no labels")
@@ -202,10 +243,17 @@ class Experiment:
         self.tx, self.lr_fn = build_optimizer(config.optim, config.training.num_steps)
         self.state_sharding = parallel.state_sharding(self.abstract_state(), self.mesh)
 
+    @property
+    def num_extra_ema(self) -> int:
+        return len(tuple(self.config.training.get("ema_decays", ())))
+
+    def _init(self, rng) -> TrainState:
+        return init_state(rng, self.model, self.image_shape, self.tx, self.num_extra_ema)
+
     def abstract_state(self) -> TrainState:
         """Shapes and dtypes of the train state, without computing anything."""
         rng = jax.random.PRNGKey(self.config.seed)
-        return jax.eval_shape(lambda r: init_state(r, self.model, self.image_shape, self.tx), rng)
+        return jax.eval_shape(self._init, rng)
 
     def num_params(self) -> int:
         return count_params(self.abstract_state().params)
@@ -213,8 +261,7 @@ class Experiment:
     def init_state(self) -> TrainState:
         """A fresh state, laid out by `state_sharding` over the mesh."""
         rng = jax.random.PRNGKey(self.config.seed)
-        init = jax.jit(lambda r: init_state(r, self.model, self.image_shape, self.tx),
-                       out_shardings=self.state_sharding)
+        init = jax.jit(self._init, out_shardings=self.state_sharding)
         return init(rng)
 
     def abstract_target(self):
@@ -230,6 +277,55 @@ class Experiment:
 
     def global_batch(self, step: int):
         return parallel.to_global(self.pipeline.batch(step), self.mesh)
+
+    def _val_pipeline(self, config):
+        """The held-out examples of config.data.val_split, in global batches of
+        training.batch_size (fixed order: permutation seed 0, no flips)."""
+        source, _ = data.load_source(config.data.name, config.data.val_split,
+                                     config.data.data_dir)
+        pipeline = data.Pipeline(source, config.training.batch_size, 0, jax.process_index(),
+                                 jax.process_count(), config.data.image_size, False,
+                                 config.data.in_memory, self.num_classes)
+        if tuple(pipeline.image_shape) != self.image_shape:
+            raise ValueError(f"config.data.val_split={config.data.val_split!r}: images have shape "
+                             f"{pipeline.image_shape}, expected {self.image_shape}")
+        return pipeline
+
+    @property
+    def num_val_batches(self) -> int:
+        """Whole global batches of held-out examples: training.val_num_examples (0: the whole
+        split), capped at the split's size, at least one."""
+        wanted = self.config.training.val_num_examples or self.val_pipeline.num_examples
+        wanted = min(wanted, self.val_pipeline.num_examples)
+        return max(1, wanted // self.config.training.batch_size)
+
+    def val_loss_fn(self):
+        """Returns val_loss(params) -> float: the training loss (the run's parameterization and
+        weighting) of the held-out batches at the fixed times losses.time_quantiles(...,
+        training.val_num_levels), with noise from PRNGKey(0) folded with the batch index and the
+        level, no dropout and true labels. The same params give the same value."""
+        model, schedule, dcfg = self.model, self.schedule, self.config.diffusion
+        ts = losses.time_quantiles(schedule, dcfg, self.config.training.val_num_levels)
+        conditional = bool(getattr(model, "num_classes", 0))
+
+        def batch_loss(params, images, labels, rng):
+            apply = lambda x_t, cond: model.apply(  # noqa: E731
+                {"params": params}, x_t, cond, labels if conditional else None, train=False)
+            return jnp.sum(losses.grid_loss(apply, images, ts, rng, schedule, dcfg))
+
+        fn = jax.jit(batch_loss, out_shardings=parallel.replicated(self.mesh))
+        batches = [parallel.to_global(self.val_pipeline.batch(b), self.mesh)
+                   for b in range(self.num_val_batches)]
+        count = len(batches) * self.config.training.batch_size * len(ts)
+
+        def val_loss(params) -> float:
+            total = 0.0
+            for b, batch in enumerate(batches):
+                rng = jax.random.fold_in(jax.random.PRNGKey(0), b)
+                total += float(fn(params, batch["image"], batch["label"], rng))
+            return total / count
+
+        return val_loss
 
 
 def _log(msg: str) -> None:
@@ -392,6 +488,8 @@ def train(config, workdir: str, fresh: bool = False) -> TrainState:
     from diffjax.evaluation.periodic import PeriodicFID  # every config.eval.every_steps; 0: off
 
     periodic_fid = PeriodicFID(config, exp.mesh, sampler, exp.workdir)
+    val_every = tcfg.get("val_every_steps", 0) if exp.val_pipeline is not None else 0
+    val_loss = exp.val_loss_fn() if val_every else None
     pending: list[dict] = []
     previous = None  # the last step's metrics, checked while the next step runs
     t_last, done, last_saved = time.time(), start, None
@@ -418,15 +516,22 @@ def train(config, workdir: str, fresh: bool = False) -> TrainState:
                 previous = metrics
                 pending.append(metrics)
                 done = step + 1
+                validation = {}
+                if val_every and (done % val_every == 0 or done == tcfg.num_steps):
+                    t_val = time.time()
+                    validation["val_loss"] = val_loss(state.params)
+                    t_last += time.time() - t_val  # not counted in the training throughput
                 if done % tcfg.log_every_steps == 0 or done == tcfg.num_steps:
                     logged = _summarise(jax.device_get(pending))
                     now = time.time()
                     logged["steps_per_sec"] = len(pending) / max(now - t_last, 1e-9)
                     logged["images_per_sec"] = logged["steps_per_sec"] * tcfg.batch_size
                     t_last, pending = now, []
-                    writer.write(done, logged)
+                    writer.write(done, {**logged, **validation})
                     bar.set_postfix(loss=f"{logged['loss']:.4f}",
                                     img_s=f"{logged['images_per_sec']:.0f}")
+                elif validation:
+                    writer.write(done, validation)
                 bar.update(1)
                 if done % tcfg.checkpoint_every_steps == 0 or done == tcfg.num_steps:
                     check_finite(metrics, done)

@@ -57,7 +57,8 @@ def truncate_metrics(path: str, last_step: int) -> None:
 
 
 def plot_loss_curve(metrics_path: str, out_path: str) -> None:
-    """Plots loss (and EMA-smoothed loss) against step from metrics.jsonl into a PNG."""
+    """Plots loss (and EMA-smoothed loss, and val_loss where logged) against step from
+    metrics.jsonl into a PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -76,6 +77,9 @@ def plot_loss_curve(metrics_path: str, out_path: str) -> None:
             acc = 0.9 * acc + 0.1 * value
             smooth.append(acc)
         ax.plot(steps, smooth, label="smoothed")
+    val = [r for r in read_metrics(metrics_path) if r.get("val_loss") is not None]
+    if val:  # training.val_every_steps: the loss on held-out data at fixed noise levels
+        ax.plot([r["step"] for r in val], [r["val_loss"] for r in val], "o-", label="val_loss")
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
     ax.set_yscale("log")

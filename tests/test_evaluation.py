@@ -204,6 +204,11 @@ def test_launch_eval_writes_fid_kid_json_and_periodic_fid_during_training(data_d
     assert os.path.isfile(result["reference"]["path"]) and result["reference"]["path"].startswith(
         ref_dir
     )
+    from PIL import Image
+
+    # The first sampling.grid_samples = 4 scored 16x16 images: a 2 x 2 grid, 2-pixel padding.
+    grid = np.asarray(Image.open(path[: -len(".json")] + ".png"))
+    assert grid.shape[:2] == (2 * (16 + 2) + 2,) * 2 and grid[2:18, 2:18].std() > 0
 
     bad = launch(
         "--workdir", workdir, "--mode=eval", "--config.eval.aggregate=median", data_dir=data_dir
