@@ -26,28 +26,18 @@ def _fail(message: str) -> None:
 
 def _unknown_override(argv: list[str]) -> str | None:
     """Describes the first --config.a.b=... override whose key the chosen config file lacks."""
-    import importlib.util
+    from diffjax import config_lib
 
     path = DEFAULT_CONFIG
     for arg in argv:
         if arg.startswith("--config="):
             path = arg.split("=", 1)[1]
-    spec = importlib.util.spec_from_file_location("_diffjax_config", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config()
+    config = config_lib.load_config_file(path)
     for arg in argv:
-        if not arg.startswith("--config."):
-            continue
-        key = arg[len("--config."):].split("=", 1)[0]
-        node = config
-        for i, part in enumerate(key.split(".")):
-            if not hasattr(node, "keys") or part not in node:
-                parent = ".".join(["config"] + key.split(".")[:i])
-                fields = ", ".join(sorted(node.keys())) if hasattr(node, "keys") else "none"
-                return (f"unknown config key config.{key}: {parent} has no field {part!r}; "
-                        f"its fields are: {fields}")
-            node = node[part]
+        if arg.startswith("--config."):
+            key = arg[len("--config."):].split("=", 1)[0]
+            if missing := config_lib.missing_field(config, key):
+                return f"unknown config key config.{key}: {missing}"
     return None
 
 

@@ -36,6 +36,10 @@ class _Mismatch(Exception):
     """A readable step whose arrays have other names or shapes than the restore target."""
 
 
+class _Unfit(Exception):
+    """A step whose files match its manifest but which does not restore onto the target."""
+
+
 def _list_files(step_dir: str) -> list[str]:
     files = []
     for root, _, names in os.walk(step_dir):
@@ -171,6 +175,50 @@ class Checkpointer:
             multihost_utils.sync_global_devices(f"diffjax_quarantine_{step}")
         self.manager.reload()
 
+    def _read(self, step: int, abstract, wanted: dict):
+        """Step `step` restored onto `abstract`, checked against its manifest, the target's shapes
+        (`wanted`) and for finite values. Raises _Mismatch (another train state), _Unfit (intact
+        bytes that do not restore onto the target), CorruptCheckpointError, or Orbax's error for
+        an unverified step that does not read."""
+        verified = verify_manifest(self.step_dir(step))
+        try:
+            saved = self.saved_shapes(step)
+            if saved != wanted:
+                diff = sorted(k for k in set(saved) | set(wanted)
+                              if saved.get(k) != wanted.get(k))
+                raise _Mismatch(f"checkpoint step {step} in {self.directory} holds another "
+                                f"train state than this run's: {len(diff)} arrays differ, "
+                                f"e.g. " + ", ".join(f"{k}: saved {saved.get(k)}, now "
+                                                     f"{wanted.get(k)}" for k in diff[:3]))
+            if not verified:
+                logging.warning("checkpoint step %d has no manifest (the run stopped right "
+                                "after it committed); restoring it unverified", step)
+            state = self.manager.restore(step, args=ocp.args.StandardRestore(abstract))
+        except _Mismatch:
+            raise
+        except Exception as e:
+            if verified:  # the bytes are exactly as written: another model or diffjax version
+                raise _Unfit(f"checkpoint step {step} in {self.directory} is intact but does "
+                             f"not fit this run's state: {e}") from e
+            raise
+        if not _all_finite(state):
+            raise CorruptCheckpointError("it holds non-finite values")
+        return state
+
+    def restore(self, step: int, target):
+        """Restores step `step` onto `target` with the checks of `restore_latest`, without
+        falling back to another step: raises ValueError naming what is wrong."""
+        if step not in self.steps():
+            raise FileNotFoundError(f"{self.directory} holds steps {self.steps()}, not {step}")
+        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+        try:
+            return self._read(step, abstract, state_shapes(target))
+        except (_Mismatch, _Unfit) as e:
+            raise ValueError(str(e)) from e
+        except Exception as e:  # noqa: BLE001 -- any other failure to read is corruption
+            raise ValueError(f"checkpoint step {step} in {self.directory} is corrupt: "
+                             f"{type(e).__name__}: {e}") from e
+
     def restore_latest(self, target, quarantine: bool = True):
         """Restores the newest good step onto the shapes and shardings of `target` (a pytree of
         arrays or ShapeDtypeStructs). A step that fails its manifest, fails to read or holds
@@ -181,32 +229,13 @@ class Checkpointer:
         wanted = state_shapes(target)
         self.failures = []
         for step in reversed(self.steps()):
-            verified = False
             try:
-                verified = verify_manifest(self.step_dir(step))
-                saved = self.saved_shapes(step)
-                if saved != wanted:
-                    diff = sorted(k for k in set(saved) | set(wanted)
-                                  if saved.get(k) != wanted.get(k))
-                    raise _Mismatch(f"checkpoint step {step} in {self.directory} holds another "
-                                    f"train state than this run's: {len(diff)} arrays differ, "
-                                    f"e.g. " + ", ".join(f"{k}: saved {saved.get(k)}, now "
-                                                         f"{wanted.get(k)}" for k in diff[:3]))
-                if not verified:
-                    logging.warning("checkpoint step %d has no manifest (the run stopped right "
-                                    "after it committed); restoring it unverified", step)
-                state = self.manager.restore(step, args=ocp.args.StandardRestore(abstract))
-                if not _all_finite(state):
-                    raise CorruptCheckpointError("it holds non-finite values")
-                return state, step
+                return self._read(step, abstract, wanted), step
             except _Mismatch as e:  # readable, but another model: no corruption, so stop here
                 raise ValueError(str(e)) from None
+            except _Unfit as e:
+                raise ValueError(str(e)) from e.__cause__
             except Exception as e:  # noqa: BLE001 -- any failure to read means: try an older step
-                if verified and not isinstance(e, CorruptCheckpointError):
-                    # The bytes are exactly as written, so this is no corruption but a state
-                    # that does not fit `target` (another model or diffjax version): stop.
-                    raise ValueError(f"checkpoint step {step} in {self.directory} is intact but "
-                                     f"does not fit this run's state: {e}") from e
                 first_line = str(e).splitlines()[0] if str(e) else ""
                 reason = f"{type(e).__name__}: {first_line}"
                 self.failures.append(f"step {step}: {reason}")

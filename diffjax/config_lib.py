@@ -11,6 +11,30 @@ LR_DECAYS = ("constant", "cosine")
 DTYPES = ("float32", "bfloat16")
 
 
+def load_config_file(path: str) -> ml_collections.ConfigDict:
+    """The get_config() of a config file (a path; config files import configs.base, so the repo
+    root must be on sys.path)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("_diffjax_config_file", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
+def missing_field(config, key: str) -> str | None:
+    """None when `config` has the dotted field `key` (e.g. 'optim.lr'); else what is missing:
+    "config.optim has no field 'lrr'; its fields are: ..."."""
+    node = config
+    for i, part in enumerate(key.split(".")):
+        if not hasattr(node, "keys") or part not in node:
+            parent = ".".join(["config", *key.split(".")[:i]])
+            fields = ", ".join(sorted(node.keys())) if hasattr(node, "keys") else "none"
+            return f"{parent} has no field {part!r}; its fields are: {fields}"
+        node = node[part]
+    return None
+
+
 def _choice(key: str, value, allowed) -> None:
     if value not in allowed:
         raise ValueError(f"config.{key}={value!r} is unknown; allowed: "

@@ -32,22 +32,14 @@ def restore_state(exp: Experiment, workdir: str):
 
 def restore_step(exp: Experiment, workdir: str, step: int):
     """The train state of checkpoint `step` of WORKDIR (its manifest verified), on exp.mesh."""
-    import orbax.checkpoint as ocp
-
     directory = os.path.join(os.path.abspath(workdir), "checkpoints")
     ckpt = checkpoint.Checkpointer(directory)
     try:
-        steps = ckpt.steps()
-        if step not in steps:
+        if step not in ckpt.steps():
             raise FileNotFoundError(
                 f"config.sampling.checkpoint_steps contains {step}, but {directory} holds steps "
-                f"{steps} (training.keep_checkpoints keeps only the newest ones)")
-        try:
-            checkpoint.verify_manifest(ckpt.step_dir(step))
-        except checkpoint.CorruptCheckpointError as e:
-            raise ValueError(f"checkpoint step {step} in {directory} is corrupt: {e}") from e
-        target = jax.tree.map(ocp.utils.to_shape_dtype_struct, exp.abstract_target())
-        return ckpt.manager.restore(step, args=ocp.args.StandardRestore(target))
+                f"{ckpt.steps()} (training.keep_checkpoints keeps only the newest ones)")
+        return ckpt.restore(step, exp.abstract_target())
     finally:
         ckpt.close()
 

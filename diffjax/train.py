@@ -167,15 +167,17 @@ def make_train_step(model, schedule, config, tx, lr_fn):
             lambda n, o: jnp.where(finite, n, o), new, old)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        decay = ema_decay_at(state.step, tcfg.ema_decay, tcfg.ema_warmup)
-        ema = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, state.ema_params, params)
+
+        def ema_update(ema, rate):  # e <- d e + (1 - d) params, every rate with the same warmup
+            d = ema_decay_at(state.step, rate, tcfg.ema_warmup)
+            return jax.tree.map(lambda e, p: d * e + (1.0 - d) * p, ema, params)
+
+        ema = ema_update(state.ema_params, tcfg.ema_decay)
         extra = {}
-        if extra_decays:  # e_i <- d_i e_i + (1 - d_i) params, each rate with the same warmup rule
-            extra["extra_ema"] = tuple(
-                jax.tree.map(lambda e, p, d=ema_decay_at(state.step, rate, tcfg.ema_warmup):
-                             d * e + (1.0 - d) * p, ema_i, params)
-                for rate, ema_i in zip(extra_decays, state.extra_ema))
-            extra["extra_ema"] = keep_if_bad(extra["extra_ema"], state.extra_ema)
+        if extra_decays:
+            extra["extra_ema"] = keep_if_bad(
+                tuple(ema_update(e, rate) for rate, e in zip(extra_decays, state.extra_ema)),
+                state.extra_ema)
         nonfinite_count = jnp.where(finite, 0, state.nonfinite_count + 1)
         metrics = {"loss": loss, "grad_norm": grad_norm, "lr": lr_fn(state.step),
                    "skipped": (~finite).astype(jnp.int32), "nonfinite_count": nonfinite_count}
@@ -222,19 +224,12 @@ class Experiment:
         self.schedule = schedules.get_schedule(config.diffusion)
         self.image_shape, self.num_classes = data.dataset_spec(
             config.data.name, config.data.data_dir, config.data.image_size)
-        self.pipeline = None
+        self.pipeline = self.val_pipeline = None
         if load_data:
-            source, _ = data.load_source(config.data.name, config.data.split, config.data.data_dir)
-            self.pipeline = data.Pipeline(
-                source, config.training.batch_size, config.seed, jax.process_index(),
-                jax.process_count(), config.data.image_size, config.data.random_flip,
-                config.data.in_memory, self.num_classes)
-            if tuple(self.pipeline.image_shape) != self.image_shape:
-                raise ValueError(f"config.data.name={config.data.name!r}: decoded images have "
-                                 f"shape {self.pipeline.image_shape}, expected {self.image_shape}")
-        self.val_pipeline = None
-        if load_data and config.data.get("val_split") and tcfg.get("val_every_steps", 0):
-            self.val_pipeline = self._val_pipeline(config)
+            self.pipeline = self._pipeline("split", config.seed, config.data.random_flip)
+            if config.data.get("val_split") and tcfg.get("val_every_steps", 0):
+                # held out: fixed order (permutation seed 0), no flips
+                self.val_pipeline = self._pipeline("val_split", 0, False)
         if config.model.class_conditional and not self.num_classes:
             raise ValueError(f"config.model.class_conditional=True but {config.data.name!r} has "
                              f"no labels")
@@ -278,16 +273,17 @@ class Experiment:
     def global_batch(self, step: int):
         return parallel.to_global(self.pipeline.batch(step), self.mesh)
 
-    def _val_pipeline(self, config):
-        """The held-out examples of config.data.val_split, in global batches of
-        training.batch_size (fixed order: permutation seed 0, no flips)."""
-        source, _ = data.load_source(config.data.name, config.data.val_split,
-                                     config.data.data_dir)
-        pipeline = data.Pipeline(source, config.training.batch_size, 0, jax.process_index(),
-                                 jax.process_count(), config.data.image_size, False,
-                                 config.data.in_memory, self.num_classes)
+    def _pipeline(self, split_key: str, seed: int, random_flip: bool) -> data.Pipeline:
+        """Global batches of training.batch_size from the split config.data[split_key]; its
+        decoded images must have the model's image shape."""
+        dcfg = self.config.data
+        source, _ = data.load_source(dcfg.name, dcfg[split_key], dcfg.data_dir)
+        pipeline = data.Pipeline(source, self.config.training.batch_size, seed,
+                                 jax.process_index(), jax.process_count(), dcfg.image_size,
+                                 random_flip, dcfg.in_memory, self.num_classes)
         if tuple(pipeline.image_shape) != self.image_shape:
-            raise ValueError(f"config.data.val_split={config.data.val_split!r}: images have shape "
+            raise ValueError(f"config.data.{split_key}={dcfg[split_key]!r} of "
+                             f"config.data.name={dcfg.name!r}: decoded images have shape "
                              f"{pipeline.image_shape}, expected {self.image_shape}")
         return pipeline
 

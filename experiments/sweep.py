@@ -152,29 +152,22 @@ def resolve_config(base_config: str, overrides: dict[str, Any], where: str = "ov
     """The base config file's get_config() with dotted-key overrides applied (lists become
     tuples), validated by diffjax.config_lib. Raises ValueError naming an unknown key and the
     fields its parent has, or a value of the wrong type."""
+    from diffjax import config_lib
+
     path = base_config if os.path.isabs(base_config) else os.path.join(ROOT, base_config)
-    spec = importlib.util.spec_from_file_location("_diffjax_base_config", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config()
+    config = config_lib.load_config_file(path)
     for key, value in overrides.items():
+        if missing := config_lib.missing_field(config, key):
+            raise ValueError(f"{where}: config.{key} is not a config field: {missing}")
         *parents, leaf = key.split(".")
         node = config
-        for i, part in enumerate([*parents, leaf]):
-            if not hasattr(node, "keys") or part not in node:
-                parent = ".".join(["config", *key.split(".")[:i]])
-                fields = ", ".join(sorted(node.keys())) if hasattr(node, "keys") else "none"
-                raise ValueError(f"{where}: config.{key} is not a config field: {parent} has no "
-                                 f"field {part!r}; its fields are: {fields}")
-            if i < len(parents):
-                node = node[part]
+        for part in parents:
+            node = node[part]
         value = tuple(value) if isinstance(value, list) else value
         try:
             node[leaf] = value
         except TypeError as e:
             raise ValueError(f"{where}: config.{key}={value!r} has the wrong type: {e}") from e
-    from diffjax import config_lib
-
     config_lib.validate(config)
     return config
 

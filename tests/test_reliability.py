@@ -211,6 +211,19 @@ def test_read_only_modes_do_not_move_corrupt_steps(tmp_path):
     ckpt = checkpoint.Checkpointer(str(tmp_path / "checkpoints"))
     assert ckpt.restore_latest(_small_state(0.0), quarantine=False)[1] == 1
     assert ckpt.steps() == [1, 2]
+    # One named step (sampling.checkpoint_steps): the same checks, no fallback, nothing moved.
+    np.testing.assert_array_equal(ckpt.restore(1, _small_state(0.0))["params"]["b"],
+                                  np.arange(8.0) + 1)
+    with pytest.raises(ValueError, match=r"checkpoint step 2 in .* is corrupt: "
+                                         r"CorruptCheckpointError: .*SHA-256"):
+        ckpt.restore(2, _small_state(0.0))
+    other = {"params": {"w": jnp.zeros((32, 64)), "b": jnp.zeros(8)},
+             "step": jnp.zeros((), jnp.int32)}
+    with pytest.raises(ValueError, match=r"checkpoint step 1 .* holds another train state"):
+        ckpt.restore(1, other)
+    with pytest.raises(FileNotFoundError, match=r"holds steps \[1, 2\], not 3"):
+        ckpt.restore(3, _small_state(0.0))
+    assert ckpt.steps() == [1, 2]
 
 
 def test_intact_step_of_another_shape_is_an_error_not_a_fallback(tmp_path):
