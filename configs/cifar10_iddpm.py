@@ -15,19 +15,19 @@ from configs import base
 
 def get_config():
     config = base.get_config()
-    config.data.name = "cifar10"               # random_flip stays False: their loader never flips
-    config.model.ch = 128                      # --num_channels 128
-    config.model.num_res_blocks = 3            # --num_res_blocks 3
-    config.model.attn_resolutions = (16, 8)    # script_util default attention_resolutions "16,8"
-    config.model.num_heads = 4                 # script_util default num_heads=4
-    config.model.use_scale_shift_norm = True   # script_util default use_scale_shift_norm=True
-    config.model.dropout = 0.3                 # --dropout 0.3
-    config.diffusion.schedule = "cosine"       # --noise_schedule cosine (eq. 17, s = 0.008)
-    config.diffusion.num_timesteps = 4000      # --diffusion_steps 4000
-    config.optim.lr = 1e-4                     # --lr 1e-4, constant (lr_anneal_steps=0)
-    config.optim.warmup_steps = 0              # no warmup in improved-diffusion's train_util
-    config.optim.grad_clip = 0.0               # no gradient clipping either
-    config.training.num_steps = 500_000        # the released checkpoint: 500K steps at batch 128
-    config.sampling.num_steps = 4000           # ancestral sampling over all T = 4000 steps
-    config.sampling.ddpm_variance = "large"    # improved-diffusion's fixed variance: FIXED_LARGE
+    config.data.name = "cifar10"  # random_flip stays False: their loader never flips
+    config.model.unet.ch = 128  # --num_channels 128
+    config.model.unet.num_res_blocks = 3  # --num_res_blocks 3
+    config.model.unet.attn_resolutions = (16, 8)  # script_util: attention_resolutions "16,8"
+    config.model.unet.num_heads = 4  # script_util default num_heads=4
+    config.model.unet.use_scale_shift_norm = True  # script_util default use_scale_shift_norm=True
+    config.model.unet.dropout = 0.3  # --dropout 0.3
+    config.diffusion.schedule = "cosine"  # --noise_schedule cosine (eq. 17, s = 0.008)
+    config.diffusion.cosine.num_timesteps = 4000  # --diffusion_steps 4000
+    config.optim.lr = 1e-4  # --lr 1e-4, constant (lr_anneal_steps=0)
+    config.optim.warmup_steps = 0  # no warmup in improved-diffusion's train_util
+    config.optim.grad_clip = 0.0  # no gradient clipping either
+    config.training.num_steps = 500_000  # the released checkpoint: 500K steps at batch 128
+    config.sampling.num_steps = 4000  # ancestral sampling over all T = 4000 steps
+    config.sampling.ddpm.variance = "large"  # improved-diffusion's fixed variance: FIXED_LARGE
     return config

@@ -15,9 +15,9 @@ from configs import base
 def get_config():
     config = base.get_config()
     config.data.name = "cifar10"
-    config.data.random_flip = True             # as DDPM CIFAR-10 (Ho et al. 2020, App. B)
-    config.diffusion.schedule = "vp_cosine"    # alpha = cos(pi t / 2) (Salimans & Ho 2022, eq. 4)
-    config.diffusion.parameterization = "v"    # Salimans & Ho 2022, App. D
-    config.diffusion.weighting = "min_snr"     # Hang et al. 2023, eq. 8
-    config.diffusion.min_snr_gamma = 5.0       # their recommended gamma = 5
+    config.data.random_flip = True  # as DDPM CIFAR-10 (Ho et al. 2020, App. B)
+    config.diffusion.schedule = "vp_cosine"  # alpha = cos(pi t / 2) (Salimans & Ho 2022, eq. 4)
+    config.diffusion.parameterization = "v"  # Salimans & Ho 2022, App. D
+    config.objective.denoising.weighting = "min_snr"  # Hang et al. 2023, eq. 8
+    config.objective.denoising.min_snr_gamma = 5.0  # their recommended gamma = 5
     return config

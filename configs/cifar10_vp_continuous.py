@@ -15,11 +15,11 @@ from configs import base
 def get_config():
     config = base.get_config()
     config.data.name = "cifar10"
-    config.data.random_flip = True             # data.random_flip = True
-    config.model.num_res_blocks = 4            # model.num_res_blocks = 4
-    config.model.resblock_updown = True        # model.resblock_type = 'biggan'
-    config.diffusion.schedule = "vp_linear"    # training.sde = 'vpsde', beta_min 0.1, beta_max 20
-    config.training.num_steps = 1_300_000      # training.n_iters = 1300001
-    config.sampling.sampler = "pc"             # sampling.method = 'pc'
-    config.sampling.corrector_steps = 0        # sampling.corrector = 'none'
+    config.data.random_flip = True  # data.random_flip = True
+    config.model.unet.num_res_blocks = 4  # model.num_res_blocks = 4
+    config.model.unet.resblock_updown = True  # model.resblock_type = 'biggan'
+    config.diffusion.schedule = "vp_linear"  # training.sde = 'vpsde', beta_min 0.1, beta_max 20
+    config.training.num_steps = 1_300_000  # training.n_iters = 1300001
+    config.sampling.sampler = "pc"  # sampling.method = 'pc'
+    config.sampling.pc.corrector_steps = 0  # sampling.corrector = 'none'
     return config

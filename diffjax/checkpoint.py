@@ -8,6 +8,8 @@
 - A step that fails its manifest, fails to read, or holds non-finite params is moved aside to
   `checkpoints/corrupt/` (never deleted) and the previous step is used.
 - Orbax deletes old steps (keep-N) only after a newer one has committed.
+- A step written in an older layout of the same state (`legacy`: how to express a target in that
+  layout, and how to convert what was read) is restored in that layout and converted.
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import signal
 import time
 
 import jax
@@ -23,12 +24,13 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from diffjax import files
+from diffjax.errors import DataError
 
 MANIFEST = "diffjax_manifest.json"
 CORRUPT_DIR = "corrupt"
 
 
-class CorruptCheckpointError(RuntimeError):
+class CorruptCheckpointError(DataError):
     """A committed step whose files do not match its manifest or do not read back."""
 
 
@@ -112,10 +114,14 @@ def _all_finite(tree) -> bool:
 
 
 class Checkpointer:
-    """An Orbax CheckpointManager under an absolute directory, with manifests and fallback."""
+    """An Orbax CheckpointManager under an absolute directory, with manifests and fallback.
 
-    def __init__(self, directory: str, keep: int = 3, async_save: bool = True):
+    legacy: optional (layout, convert): layout(target) -> the target in an older layout (None:
+    it has none), convert(restored, target) -> the restored older state in the target's layout."""
+
+    def __init__(self, directory: str, keep: int = 3, async_save: bool = True, legacy=None):
         self.directory = os.path.abspath(directory)
+        self.legacy = legacy
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                                enable_async_checkpointing=async_save)
         self.manager = ocp.CheckpointManager(self.directory, options=options,
@@ -133,8 +139,6 @@ class Checkpointer:
         started = self.manager.save(step, args=ocp.args.StandardSave(state), force=force)
         if started:
             self._unmanifested.append(step)
-            if os.environ.get("DIFFJAX_TEST_KILL_DURING_SAVE") == str(step):
-                os.kill(os.getpid(), signal.SIGKILL)  # test-only: a hard kill mid-save
         return started
 
     def wait(self) -> None:
@@ -160,6 +164,22 @@ class Checkpointer:
         return {_path_name(path): tuple(leaf.shape) for path, leaf in
                 jax.tree_util.tree_flatten_with_path(dict(self.manager.item_metadata(step)))[0]}
 
+    def _legacy_target(self, target, saved: dict):
+        """The target in the legacy layout when step's arrays `saved` are in it, else None."""
+        if self.legacy is None:
+            return None
+        old = self.legacy[0](target)
+        return old if old is not None and state_shapes(old) == saved else None
+
+    def layout_diff(self, step: int, target) -> list[str]:
+        """The arrays whose names or shapes differ between step `step` and `target` ([]: it
+        restores onto target, directly or through the legacy layout)."""
+        saved, wanted = self.saved_shapes(step), state_shapes(target)
+        if saved == wanted or self._legacy_target(target, saved) is not None:
+            return []
+        return [f"{k}: saved {saved.get(k)}, now {wanted.get(k)}"
+                for k in sorted(set(saved) | set(wanted)) if saved.get(k) != wanted.get(k)]
+
     def _quarantine(self, step: int, reason: str) -> None:
         """Moves a bad step to checkpoints/corrupt/STEP-<time> (process 0), so it is kept for
         inspection but neither restored nor in the way of a new save at the same step."""
@@ -181,8 +201,15 @@ class Checkpointer:
         bytes that do not restore onto the target), CorruptCheckpointError, or Orbax's error for
         an unverified step that does not read."""
         verified = verify_manifest(self.step_dir(step))
+        convert = None
         try:
             saved = self.saved_shapes(step)
+            old = self._legacy_target(abstract, saved) if saved != wanted else None
+            if old is not None:
+                logging.warning("checkpoint step %d is in the layout before plug-ins; restoring "
+                                "it into the current layout", step)
+                convert = (self.legacy[1], abstract)
+                abstract, wanted = old, saved
             if saved != wanted:
                 diff = sorted(k for k in set(saved) | set(wanted)
                               if saved.get(k) != wanted.get(k))
@@ -203,7 +230,7 @@ class Checkpointer:
             raise
         if not _all_finite(state):
             raise CorruptCheckpointError("it holds non-finite values")
-        return state
+        return state if convert is None else convert[0](state, convert[1])
 
     def restore(self, step: int, target):
         """Restores step `step` onto `target` with the checks of `restore_latest`, without
@@ -214,10 +241,10 @@ class Checkpointer:
         try:
             return self._read(step, abstract, state_shapes(target))
         except (_Mismatch, _Unfit) as e:
-            raise ValueError(str(e)) from e
+            raise DataError(str(e)) from e
         except Exception as e:  # noqa: BLE001 -- any other failure to read is corruption
-            raise ValueError(f"checkpoint step {step} in {self.directory} is corrupt: "
-                             f"{type(e).__name__}: {e}") from e
+            raise DataError(f"checkpoint step {step} in {self.directory} is corrupt: "
+                            f"{type(e).__name__}: {e}") from e
 
     def restore_latest(self, target, quarantine: bool = True):
         """Restores the newest good step onto the shapes and shardings of `target` (a pytree of
@@ -232,9 +259,9 @@ class Checkpointer:
             try:
                 return self._read(step, abstract, wanted), step
             except _Mismatch as e:  # readable, but another model: no corruption, so stop here
-                raise ValueError(str(e)) from None
+                raise DataError(str(e)) from None
             except _Unfit as e:
-                raise ValueError(str(e)) from e.__cause__
+                raise DataError(str(e)) from e.__cause__
             except Exception as e:  # noqa: BLE001 -- any failure to read means: try an older step
                 first_line = str(e).splitlines()[0] if str(e) else ""
                 reason = f"{type(e).__name__}: {first_line}"

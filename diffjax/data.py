@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from diffjax.errors import ConfigError, DataError
+
 EMBEDDED = ("mnist_embedded",)
 
 
@@ -111,13 +113,13 @@ def load_source(name: str, split: str = "train", data_dir: str = "", prepare_emb
     if not builder.is_prepared():
         raise FileNotFoundError(_missing_message(name, data_dir))
     if "image" not in builder.info.features:
-        raise ValueError(f"config.data.name={name!r} has no 'image' feature "
-                         f"(features: {list(builder.info.features)})")
+        raise ConfigError(f"config.data.name={name!r} has no 'image' feature "
+                          f"(features: {list(builder.info.features)})")
     try:
         source = builder.as_data_source(split=split)
     except Exception as e:
-        raise ValueError(f"config.data.split={split!r} is not a split of {name!r} "
-                         f"(splits: {list(builder.info.splits)}): {e}") from e
+        raise ConfigError(f"config.data.split={split!r} is not a split of {name!r} "
+                          f"(splits: {list(builder.info.splits)}): {e}") from e
     return source, builder.info
 
 
@@ -135,19 +137,19 @@ def dataset_spec(name: str, data_dir: str = "",
         raise FileNotFoundError(f"config.data.name={name!r} is not a TFDS dataset: "
                                 f"{first_line}") from e
     if "image" not in info.features:
-        raise ValueError(f"config.data.name={name!r} has no 'image' feature "
-                         f"(features: {list(info.features)})")
+        raise ConfigError(f"config.data.name={name!r} has no 'image' feature "
+                          f"(features: {list(info.features)})")
     shape = tuple(info.features["image"].shape)
     if len(shape) == 2:
         shape = (*shape, 1)
     if len(shape) != 3 or shape[-1] not in (1, 3):
-        raise ValueError(f"config.data.name={name!r}: images must be [H, W, C] with C in (1, 3); "
-                         f"got {shape}")
+        raise DataError(f"config.data.name={name!r}: images must be [H, W, C] with C in (1, 3); "
+                        f"got {shape}")
     if image_size:
         shape = (image_size, image_size, shape[-1])
     elif shape[0] is None or shape[1] is None:
-        raise ValueError(f"config.data.name={name!r} has images of varying size {shape}; set "
-                         f"config.data.image_size")
+        raise ConfigError(f"config.data.name={name!r} has images of varying size {shape}; set "
+                          f"config.data.image_size")
     label = info.features["label"] if "label" in info.features else None
     return shape, int(getattr(label, "num_classes", 0) or 0)
 
@@ -171,12 +173,12 @@ class Pipeline:
                  process_count: int = 1, image_size: int = 0, random_flip: bool = False,
                  in_memory: bool = True, num_classes: int = 0):
         if global_batch % process_count:
-            raise ValueError(f"config.training.batch_size={global_batch} must divide over "
-                             f"{process_count} processes")
+            raise ConfigError(f"config.training.batch_size={global_batch} must divide over "
+                              f"{process_count} processes")
         self.source = source
         self.num_examples = len(source)
         if self.num_examples == 0:
-            raise ValueError("the dataset split is empty")
+            raise DataError("the dataset split is empty")
         self.global_batch = global_batch
         self.local_batch = global_batch // process_count
         self.offset = process_index * self.local_batch
@@ -189,8 +191,8 @@ class Pipeline:
         first = self._decode(0)
         self.image_shape = first[0].shape
         if first[0].ndim != 3 or first[0].shape[-1] not in (1, 3):
-            raise ValueError(f"images must be [H, W, C] with C in (1, 3); got shape "
-                             f"{first[0].shape}")
+            raise DataError(f"images must be [H, W, C] with C in (1, 3); got shape "
+                            f"{first[0].shape}")
         if in_memory and self.num_examples * first[0].nbytes <= 2 * 1024**3:
             decoded = [self._decode(i) for i in range(self.num_examples)]
             self._images = np.stack([d[0] for d in decoded])

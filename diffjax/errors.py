@@ -1,10 +1,22 @@
 """Exceptions that end a run with a clear message (launch.py prints them without a traceback).
 
-Kept free of JAX imports so launch.py can catch them before any backend starts."""
+Kept free of JAX imports so launch.py can catch them before any backend starts. Only these, and
+disk errors (OSError), become one-line messages; any other exception is a bug and keeps its
+traceback."""
 
 from __future__ import annotations
 
 import signal
+
+
+class ConfigError(ValueError):
+    """Bad input: a config key, value, flag or workdir that cannot work. The message names the
+    key, the value and what is allowed."""
+
+
+class DataError(ValueError):
+    """Data that exists but cannot be used: a split that is empty, images of the wrong shape, a
+    checkpoint that is corrupt. Missing files raise FileNotFoundError instead."""
 
 
 class Preempted(Exception):

@@ -16,6 +16,8 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
+from diffjax.errors import ConfigError
+
 DATA_AXIS = "data"
 FSDP_AXIS = "fsdp"
 AXES = (DATA_AXIS, FSDP_AXIS)
@@ -33,20 +35,21 @@ def make_mesh(num_devices: int = -1, shape: tuple[int, int] = (-1, 1)) -> Mesh:
     if num_devices == -1:
         num_devices = len(devices)
     if not 1 <= num_devices <= len(devices):
-        raise ValueError(f"config.mesh.num_devices={num_devices}: {len(devices)} devices are "
+        raise ConfigError(f"config.mesh.num_devices={num_devices}: {len(devices)} devices are "
                          f"available (use -1 for all)")
     if num_devices != len(devices) and jax.process_count() > 1:
-        raise ValueError("config.mesh.num_devices must be -1 (all devices) when running multi-host")
+        raise ConfigError("config.mesh.num_devices must be -1 (all devices) when running "
+                          "multi-host")
     shape = tuple(int(s) for s in shape)
     if len(shape) != 2 or shape.count(-1) > 1 or any(s == 0 or s < -1 for s in shape):
-        raise ValueError(f"config.mesh.shape={shape} must be (data, fsdp) sizes >= 1, one of "
+        raise ConfigError(f"config.mesh.shape={shape} must be (data, fsdp) sizes >= 1, one of "
                          f"them may be -1 (fill)")
     known = math.prod(s for s in shape if s != -1)
     if num_devices % known:
-        raise ValueError(f"config.mesh.shape={shape} does not fit {num_devices} devices")
+        raise ConfigError(f"config.mesh.shape={shape} does not fit {num_devices} devices")
     shape = tuple(num_devices // known if s == -1 else s for s in shape)
     if math.prod(shape) != num_devices:
-        raise ValueError(f"config.mesh.shape={shape} has {math.prod(shape)} devices, but "
+        raise ConfigError(f"config.mesh.shape={shape} has {math.prod(shape)} devices, but "
                          f"{num_devices} are used (config.mesh.num_devices)")
     grid = np.array(devices[:num_devices]).reshape(shape)
     return Mesh(grid, AXES, axis_types=(AxisType.Auto,) * 2)
@@ -87,7 +90,7 @@ def check_batch(global_batch: int, mesh: Mesh, key: str = "config.training.batch
     """Raises if a global batch does not split evenly over the mesh's devices."""
     n = mesh.devices.size
     if global_batch % n:
-        raise ValueError(f"{key}={global_batch} does not divide over {n} devices; use a "
+        raise ConfigError(f"{key}={global_batch} does not divide over {n} devices; use a "
                          f"multiple of {n}")
 
 
@@ -118,7 +121,7 @@ def initialize_distributed(coordinator_address: str = "", num_processes: int = 0
     workers); a no-op on a single host. CPU processes talk through gloo."""
     if coordinator_address:
         if num_processes < 1 or not 0 <= process_id < num_processes:
-            raise ValueError(f"--coordinator_address needs --num_processes >= 1 and "
+            raise ConfigError(f"--coordinator_address needs --num_processes >= 1 and "
                              f"0 <= --process_id < num_processes; got num_processes="
                              f"{num_processes}, process_id={process_id}")
         jax.distributed.initialize(coordinator_address=coordinator_address,

@@ -150,8 +150,9 @@ def expand(sweep: Sweep, runs_dir: str) -> list[Point]:
 
 def resolve_config(base_config: str, overrides: dict[str, Any], where: str = "overrides"):
     """The base config file's get_config() with dotted-key overrides applied (lists become
-    tuples), validated by diffjax.config_lib. Raises ValueError naming an unknown key and the
-    fields its parent has, or a value of the wrong type."""
+    tuples), validated as launch.py validates it (diffjax.experiment.validate, no data read).
+    Raises ValueError naming an unknown key and the fields its parent has, or a value of the
+    wrong type."""
     from diffjax import config_lib
 
     path = base_config if os.path.isabs(base_config) else os.path.join(ROOT, base_config)
@@ -168,7 +169,9 @@ def resolve_config(base_config: str, overrides: dict[str, Any], where: str = "ov
             node[leaf] = value
         except TypeError as e:
             raise ValueError(f"{where}: config.{key}={value!r} has the wrong type: {e}") from e
-    config_lib.validate(config)
+    from diffjax.experiment import validate
+
+    validate(config)
     return config
 
 

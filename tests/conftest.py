@@ -46,10 +46,10 @@ def tiny_config(data_dir: str, **overrides):
     config = default.get_config()
     config.data.data_dir = data_dir
     config.data.image_size = 16
-    config.model.ch = 32
-    config.model.ch_mult = (1, 2)
-    config.model.num_res_blocks = 1
-    config.model.attn_resolutions = (8,)
+    config.model.unet.ch = 32
+    config.model.unet.ch_mult = (1, 2)
+    config.model.unet.num_res_blocks = 1
+    config.model.unet.attn_resolutions = (8,)
     config.optim.warmup_steps = 2
     config.training.batch_size = 8
     config.training.num_steps = 4
@@ -62,19 +62,24 @@ def tiny_config(data_dir: str, **overrides):
     config.mesh.num_devices = 1
     config.mesh.cpu_devices = 0
     for key, value in overrides.items():
-        node = config
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
+        set_field(config, key, value)
     return config
+
+
+def set_field(config, key: str, value) -> None:
+    """config[a][b][c] = value for key 'a.b.c'."""
+    node = config
+    *parents, leaf = key.split(".")
+    for p in parents:
+        node = node[p]
+    node[leaf] = value
 
 
 def run_steps(config, num_steps: int):
     """Trains `num_steps` steps of `config` in-process; returns (experiment, state, losses)."""
-    from diffjax import train
+    from diffjax.experiment import Experiment
 
-    exp = train.Experiment(config)
+    exp = Experiment(config)
     state = exp.init_state()
     step_fn = exp.train_step_fn()
     losses = []
@@ -82,3 +87,11 @@ def run_steps(config, num_steps: int):
         state, metrics = step_fn(state, exp.global_batch(k))
         losses.append(float(metrics["loss"]))
     return exp, state, losses
+
+
+def train_run(config, workdir: str, fresh: bool = False):
+    """launch.py --mode=train in-process: trains `config` in `workdir`; returns the state."""
+    from diffjax.experiment import Experiment
+    from diffjax.training import loop
+
+    return loop.train(Experiment(config, workdir), fresh=fresh)

@@ -1,6 +1,7 @@
 """Bad input fails at start-up, before anything compiles, with a message naming the key, the
 value and what is allowed, and no traceback."""
 
+import json
 import os
 import subprocess
 import sys
@@ -18,39 +19,55 @@ BAD_CONFIGS = [
     (["--config.optimizer.lr=1"], "config has no field 'optimizer'"),
     (["--config.training.batch_size=abc"], "--config.training.batch_size=abc: invalid literal "
      "for int()"),
-    (["--config.model.ch_mult=abc"], "config.model.ch_mult=('abc',) must be a tuple or list of "
-     "ints"),
+    (["--config.model.unet.ch_mult=abc"], "config.model.unet.ch_mult=('abc',) must be a tuple or "
+     "list of ints"),
+    (["--config.model.ch=64"], "config.model has no field 'ch'; its fields are: name, unet. It was "
+     "renamed when parts became plug-ins: use config.model.unet.ch"),
     (["--config.diffusion.schedule=cosinee"], "config.diffusion.schedule='cosinee' is unknown; "
      "allowed: linear, cosine, sigmoid, vp_linear, vp_cosine, ve, edm"),
     (["--config.diffusion.parameterization=score"], "config.diffusion.parameterization='score' "
      "is unknown; allowed: eps, x0, v"),
-    (["--config.diffusion.weighting=p3"], "config.diffusion.weighting='p3' is unknown; allowed: "
-     "simple"),
-    (["--config.diffusion.time_sampling=beta"], "config.diffusion.time_sampling='beta' is "
-     "unknown; allowed: uniform, lognormal"),
+    (["--config.objective.denoising.weighting=p3"], "config.objective.denoising.weighting='p3' "
+     "is unknown; allowed: simple"),
+    (["--config.objective.denoising.time_sampling=beta"], "config.objective.denoising."
+     "time_sampling='beta' is unknown; allowed: uniform, lognormal"),
+    (["--config.objective.name=gan"], "config.objective.name='gan' is unknown; allowed: "
+     "denoising"),
     (["--config.sampling.sampler=heunn"], "config.sampling.sampler='heunn' is unknown; allowed: "
      "ddpm, ddim"),
+    (["--config.sampling.sampler=heun", "--config.sampling.heun.s_churn=-1.0"],
+     "config.sampling.heun.s_churn=-1.0 is invalid: must be >= 0"),
+    (["--config.sampling.ode.solver=rk45"], "config.sampling.ode.solver='rk45' is unknown; "
+     "allowed: tsit5"),
+    (["--config.codec.name=vae"], "config.codec.name='vae' is unknown; allowed: pixels"),
+    (["--config.conditioning.name=class_label", "--config.conditioning.class_label.dropout=1.5"],
+     "config.conditioning.class_label.dropout=1.5 is invalid: must be in [0, 1)"),
+    (["--config.eval.metrics=('fid','fd_dino')"], "config.eval.metrics='fd_dino' is unknown; "
+     "allowed: fid, kid, inception_score, precision_recall"),
     (["--config.sampling.spacing=log"], "config.sampling.spacing='log' is unknown; allowed: "
      "uniform"),
     (["--config.optim.name=sgdd"], "config.optim.name='sgdd' is unknown; allowed: adam, adamw"),
     (["--config.data.image_size=30"], "image size 30 would give level sizes 30 -> 15 -> 7.5"),
-    (["--config.model.attn_resolutions=(5,)"], "config.model.attn_resolutions=(5,) contains 5, "
-     "which never occurs for 28x28 images with ch_mult=(1, 2, 2); the level resolutions are "
-     "[28, 14, 7]"),
+    (["--config.model.unet.attn_resolutions=(5,)"], "config.model.unet.attn_resolutions=(5,) is "
+     "invalid: contains 5, which never occurs for 28x28 images with ch_mult=(1, 2, 2); the level "
+     "resolutions are [28, 14, 7]"),
     (["--config.training.batch_size=6", "--config.mesh.cpu_devices=4"],
      "config.training.batch_size=6 does not divide over 4 devices; use a multiple of 4"),
     (["--config.mesh.num_devices=16", "--config.mesh.cpu_devices=2"],
      "config.mesh.num_devices=16: 2 devices are available"),
     (["--config.optim.lr=-1.0"], "config.optim.lr=-1.0 is invalid: must be > 0"),
-    (["--config.training.ema_decay=1.0"], "config.training.ema_decay=1.0 is invalid: must be in "
+    (["--config.ema.fixed.decays=(1.0,)"], "config.ema.fixed.decays=(1.0,) is invalid: must be "
+     "a non-empty tuple of floats in [0, 1)"),
+    (["--config.model.unet.ch=40"], "config.model.unet.ch=40 is invalid: must be a positive "
+     "multiple of 32"),
+    (["--config.model.unet.num_heads=3"], "config.model.unet.num_heads=3 is invalid: does not "
+     "divide the 64 channels"),
+    (["--config.model.unet.dropout=1.5"], "config.model.unet.dropout=1.5 is invalid: must be in "
      "[0, 1)"),
-    (["--config.model.ch=40"], "config.model.ch=40 must be a positive multiple of 32"),
-    (["--config.model.num_heads=3"], "config.model.num_heads=3 does not divide the 64 channels"),
-    (["--config.model.dropout=1.5"], "config.model.dropout=1.5 must be in [0, 1)"),
     (["--config.sampling.num_steps=2000"], "config.sampling.num_steps=2000 is invalid: must be "
-     "<= diffusion.num_timesteps=1000"),
-    (["--config.diffusion.beta_end=2.0"], "config.diffusion.beta_start=0.0001 is invalid: need 0 "
-     "< beta_start < beta_end (=2.0) < 1"),
+     "<= the schedule's num_timesteps=1000"),
+    (["--config.diffusion.linear.beta_end=2.0"], "config.diffusion.linear.beta_start=0.0001 is "
+     "invalid: need 0 < beta_start < beta_end (=2.0) < 1"),
     (["--config.training.max_nonfinite_steps=0"], "config.training.max_nonfinite_steps=0 is "
      "invalid: must be >= 1"),
     (["--config.data.name=no_such_set"], "config.data.name='no_such_set' is not a TFDS dataset"),
@@ -114,10 +131,66 @@ def test_merge_saved_config_keeps_the_runs_values_under_new_overrides():
 
     config = default.get_config()
     config.sampling.num_steps = 7
-    saved = {"model": {"ch": 64, "ch_mult": [1, 2]}, "sampling": {"num_steps": 100},
-             "training": {"retired_field": 1}}
+    saved = {"model": {"name": "unet", "unet": {"ch": 64, "ch_mult": [1, 2]}},
+             "sampling": {"num_steps": 100}, "training": {"retired_field": 1}}
     merged = config_lib.merge_saved(config, saved, overridden={"sampling.num_steps"})
-    assert merged.model.ch == 64 and merged.model.ch_mult == (1, 2)
+    assert merged.model.unet.ch == 64 and merged.model.unet.ch_mult == (1, 2)
     assert merged.sampling.num_steps == 7  # the command line wins
     assert "retired_field" not in merged.training
-    assert merged.model.num_res_blocks == config.model.num_res_blocks
+    assert merged.model.unet.num_res_blocks == config.model.unet.num_res_blocks
+
+
+LEGACY_DIR = os.path.join(ROOT, "tests", "data", "legacy_configs")
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = list(value) if isinstance(value, tuple) else value
+    return out
+
+
+@pytest.mark.parametrize("recipe", sorted(f[:-5] for f in os.listdir(LEGACY_DIR)))
+def test_a_pre_plugin_config_json_migrates_to_the_same_recipe(recipe):
+    """tests/data/legacy_configs/*.json are the config.json files the code before the plug-in
+    layout wrote for each recipe. Migrated, every old value lands in a current field, and the
+    result is exactly today's recipe."""
+    with open(os.path.join(LEGACY_DIR, recipe + ".json")) as f:
+        legacy = json.load(f)
+    assert config_lib.is_legacy(legacy)
+    current = config_lib.load_config_file(os.path.join(ROOT, "configs", recipe + ".py"))
+    migrated = _flat(config_lib.migrate_legacy(legacy))
+    now = _flat(json.loads(json.dumps(current.to_dict(), default=list)))
+    assert set(migrated) <= set(now), sorted(set(migrated) - set(now))  # nothing dropped
+    assert {k: v for k, v in now.items() if k in migrated} == migrated
+
+
+def test_migration_moves_non_default_values_to_their_new_keys():
+    with open(os.path.join(LEGACY_DIR, "default.json")) as f:
+        legacy = json.load(f)
+    legacy["model"].update(ch=64, class_conditional=True, class_dropout=0.1)
+    legacy["diffusion"].update(num_timesteps=500, sigma_max=50.0, weighting="min_snr")  # linear
+    legacy["training"].update(ema_decay=0.99, ema_decays=[0.9])
+    legacy["sampling"].update(s_churn=3.0, ddpm_variance="large", ode_rtol=1e-3)
+    legacy["eval"].update(precision_recall=True, inception_score=False, kid_subsets=7)
+    from configs import default
+
+    merged = config_lib.merge_saved(default.get_config(), legacy, overridden=set())
+    assert merged.model.unet.ch == 64
+    assert merged.conditioning.name == "class_label"
+    assert merged.conditioning.class_label.dropout == 0.1
+    assert merged.diffusion.linear.num_timesteps == 500
+    # Options of schedules the run did not use were never read: they stay at today's defaults.
+    assert merged.diffusion.cosine.num_timesteps == 1000 and merged.diffusion.edm.sigma_max == 80
+    legacy["diffusion"]["schedule"] = "edm"
+    merged = config_lib.merge_saved(default.get_config(), legacy, overridden=set())
+    assert merged.diffusion.edm.sigma_max == 50.0 and merged.diffusion.ve.sigma_max == 80.0
+    assert merged.objective.denoising.weighting == "min_snr"
+    assert merged.ema.fixed.decays == (0.99, 0.9)
+    assert merged.sampling.euler.s_churn == merged.sampling.heun.s_churn == 3.0
+    assert merged.sampling.ddpm.variance == "large" and merged.sampling.ode.rtol == 1e-3
+    assert merged.eval.metrics == ("fid", "kid", "precision_recall")
+    assert merged.eval.kid.subsets == 7

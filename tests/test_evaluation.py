@@ -144,7 +144,7 @@ def test_precision_recall_equal_brute_force_and_closed_forms():
 
 
 def test_paper_protocol_aggregates_the_best_seed_or_the_mean():
-    from diffjax.evaluate import aggregate
+    from diffjax.modes.evaluate import aggregate
 
     rows = [{"seed": 0, "fid": 3.0, "kid_mean": 0.1}, {"seed": 1, "fid": 2.0, "kid_mean": 0.3},
             {"seed": 2, "fid": 4.0, "kid_mean": 0.2}]
@@ -162,8 +162,8 @@ def test_launch_eval_writes_fid_kid_json_and_periodic_fid_during_training(data_d
         "--config.eval.batch_size=8",
         "--config.eval.reference_num_images=8",
         f"--config.eval.reference_dir={ref_dir}",
-        "--config.eval.kid_subsets=3",
-        "--config.eval.precision_recall=True",
+        "--config.eval.kid.subsets=3",
+        "--config.eval.metrics=('fid','kid','inception_score','precision_recall')",
         "--config.eval.train_num_samples=4",
     ]
     train = launch(
@@ -199,7 +199,7 @@ def test_launch_eval_writes_fid_kid_json_and_periodic_fid_during_training(data_d
     assert result["step"] == 2 and result["nfe"] == 3 and result["num_samples"] == 8
     assert result["seeds"] == [0, 1] and len(result["per_seed"]) == 2
     assert result["fid"] == pytest.approx(np.mean([r["fid"] for r in result["per_seed"]]))
-    assert result["fid"] > 0 and result["kid_subset_size"] == 8
+    assert result["fid"] > 0 and result["kid_subset_size"] == 8 and result["kid_subsets"] == 3
     assert 0 <= result["precision"] <= 1 and result["reference"]["num_images"] == 8
     assert os.path.isfile(result["reference"]["path"]) and result["reference"]["path"].startswith(
         ref_dir

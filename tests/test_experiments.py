@@ -16,7 +16,7 @@ SWEEP = '''\
 """A fixture sweep."""
 BASE_CONFIG = "configs/default.py"
 GRID = {"diffusion.schedule": ["linear", "cosine"], "diffusion.parameterization": ["eps", "v"]}
-POINTS = [{"diffusion.weighting": "min_snr"}]
+POINTS = [{"objective.denoising.weighting": "min_snr"}]
 SEEDS = [0, 1]
 BUDGET = {"training.num_steps": 20, "training.log_every_steps": 5}
 EVAL = {"eval.num_samples": 50, "sampling.sampler": "ddim", "sampling.num_steps": 5}
@@ -39,8 +39,8 @@ def test_grid_expands_to_every_combination_then_the_points_then_the_seeds(fixtur
     assert [p.varying for p in points] == [
         {"diffusion.schedule": s, "diffusion.parameterization": p, "seed": seed}
         for s in ("linear", "cosine") for p in ("eps", "v") for seed in (0, 1)
-    ] + [{"diffusion.weighting": "min_snr", "seed": 0},
-         {"diffusion.weighting": "min_snr", "seed": 1}]
+    ] + [{"objective.denoising.weighting": "min_snr", "seed": 0},
+         {"objective.denoising.weighting": "min_snr", "seed": 1}]
     first = points[0]
     assert first.overrides == {"training.num_steps": 20, "training.log_every_steps": 5,
                                "diffusion.schedule": "linear",
@@ -80,7 +80,7 @@ def test_unknown_override_keys_name_the_fields_of_their_parent(tmp_path, capsys)
                                         "GRID = {'diffusion.schedul': ['cosine']}\n")
     assert run.main([path, "--print_commands"]) == 2
     assert ("config.diffusion.schedul is not a config field: config.diffusion has no field "
-            "'schedul'; its fields are: beta_end" in capsys.readouterr().err)
+            "'schedul'; its fields are: cosine, edm, linear" in capsys.readouterr().err)
 
 
 def test_print_commands_prints_train_and_eval_for_every_point(fixture_sweep, capsys):
@@ -88,11 +88,11 @@ def test_print_commands_prints_train_and_eval_for_every_point(fixture_sweep, cap
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 10
     digest = sweep_lib.point_hash({"training.num_steps": 20, "training.log_every_steps": 5,
-                                   "diffusion.weighting": "min_snr", "seed": 1})
+                                   "objective.denoising.weighting": "min_snr", "seed": 1})
     assert lines[-1] == (
         f"python launch.py --config=configs/default.py "
         f"--workdir=runs/fixture_sweep/{digest} --config.training.num_steps=20 "
-        f"--config.training.log_every_steps=5 --config.diffusion.weighting=min_snr "
+        f"--config.training.log_every_steps=5 --config.objective.denoising.weighting=min_snr "
         f"--config.seed=1 && python launch.py --mode=eval --config=configs/default.py "
         f"--workdir=runs/fixture_sweep/{digest} --config.eval.num_samples=50 "
         f"--config.sampling.sampler=ddim --config.sampling.num_steps=5")
@@ -141,7 +141,7 @@ def _evaluated(sweep, point, kid, fid, samples_per_sec, **changes):
 
 def test_runner_skips_finished_points_and_evaluates_trained_ones(tmp_path):
     path = _write(tmp_path / "small.py", SWEEP.replace("SEEDS = [0, 1]", "SEEDS = [0]")
-                  .replace('POINTS = [{"diffusion.weighting": "min_snr"}]', "")
+                  .replace('POINTS = [{"objective.denoising.weighting": "min_snr"}]', "")
                   .replace('"diffusion.parameterization": ["eps", "v"]', ""))
     sweep = sweep_lib.load_sweep(path)
     runs = str(tmp_path / "runs")
@@ -182,7 +182,7 @@ def test_runner_skips_finished_points_and_evaluates_trained_ones(tmp_path):
 def test_table_builder_turns_fixture_workdirs_into_the_expected_tables(fixture_sweep, tmp_path):
     sweep = sweep_lib.load_sweep(_write(tmp_path / "tab.py", SWEEP.replace(
         '"diffusion.parameterization": ["eps", "v"]', "").replace(
-        'POINTS = [{"diffusion.weighting": "min_snr"}]', "")))
+        'POINTS = [{"objective.denoising.weighting": "min_snr"}]', "")))
     runs = str(tmp_path / "runs")
     lin0, lin1, cos0, cos1 = sweep_lib.expand(sweep, runs)
     _trained(lin0, losses=[0.5, 0.4, 0.3, 0.2], vals=[(10, 0.35), (20, 0.25)])

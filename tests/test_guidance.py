@@ -6,11 +6,16 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from diffjax import generate, sampling, schedules
-from diffjax.sampling import guidance
+from diffjax import samplers as sampling
+from diffjax.core import schedules
+from diffjax.samplers import guidance
 
 LINEAR = schedules.DiscreteSchedule(tuple(schedules.linear_betas(1000)))
 NULL = 10
+
+
+def _null(labels):
+    return jnp.full_like(labels, NULL)
 CLASS_MEANS = jnp.linspace(-0.8, 0.8, NULL + 1)  # the null label's "mean" is the last entry
 
 
@@ -36,7 +41,7 @@ def test_scale_one_is_the_conditional_and_zero_the_unconditional_model():
     uncond = class_model(x, t, jnp.full_like(labels, NULL))
     assert not np.allclose(cond, uncond)
     for w, expected in [(1.0, cond), (0.0, uncond)]:
-        guided = guidance.classifier_free(class_model, labels, NULL, w)
+        guided = guidance.classifier_free(class_model, labels, _null(labels), w)
         np.testing.assert_array_equal(guided(x, t), expected)
 
 
@@ -46,7 +51,7 @@ def test_guided_output_is_uncond_plus_w_times_the_difference(w):
     x, t, labels = _inputs()
     cond = class_model(x, t, labels)
     uncond = class_model(x, t, jnp.full_like(labels, NULL))
-    guided = guidance.classifier_free(class_model, labels, NULL, w)(x, t)
+    guided = guidance.classifier_free(class_model, labels, _null(labels), w)(x, t)
     np.testing.assert_allclose(guided, uncond + w * (cond - uncond), rtol=1e-6, atol=1e-6)
 
 
@@ -58,15 +63,15 @@ def test_guidance_interval_guides_only_inside_the_sigma_range():
     sigma = np.asarray(LINEAR.sigma(t) / LINEAR.alpha(t))
     lo, hi = float(sigma[1]), float(sigma[3])  # inside: examples 2 and 3 (lo is exclusive)
     w = 3.0
-    out = guidance.classifier_free(class_model, labels, NULL, w, LINEAR, lo, hi)(x, t)
+    out = guidance.classifier_free(class_model, labels, _null(labels), w, LINEAR, lo, hi)(x, t)
     cond = class_model(x, t, labels)
-    full = guidance.classifier_free(class_model, labels, NULL, w)(x, t)
+    full = guidance.classifier_free(class_model, labels, _null(labels), w)(x, t)
     inside = (sigma > lo) & (sigma <= hi)
     np.testing.assert_array_equal(inside, [False, False, True, True, False, False])
     np.testing.assert_allclose(out[inside], full[inside], rtol=1e-6, atol=1e-6)
     np.testing.assert_array_equal(out[~inside], cond[~inside])
     # Outside the interval everywhere: the unconditional pass is skipped, output = cond.
-    out = guidance.classifier_free(class_model, labels, NULL, w, LINEAR, 1e3, 2e3)(x, t)
+    out = guidance.classifier_free(class_model, labels, _null(labels), w, LINEAR, 1e3, 2e3)(x, t)
     np.testing.assert_array_equal(out, cond)
 
 
@@ -75,7 +80,7 @@ def test_sampling_with_scale_one_equals_sampling_the_conditional_model():
     noise = jax.random.normal(jax.random.PRNGKey(3), x.shape)
     run = lambda den: sampling.sample(den, LINEAR, "eps", noise, jax.random.PRNGKey(4),  # noqa
                                       sampler="dpmpp_2m", num_steps=10)[0]
-    guided = run(guidance.classifier_free(class_model, labels, NULL, 1.0))
+    guided = run(guidance.classifier_free(class_model, labels, _null(labels), 1.0))
     np.testing.assert_array_equal(guided, run(lambda x_t, t: class_model(x_t, t, labels)))
 
 
@@ -89,12 +94,13 @@ def conditional_setup(data_dir):
     zeroes the output layer (every label would give the same, zero, output)."""
     from conftest import tiny_config
 
-    from diffjax.train import Experiment
+    from diffjax.experiment import Experiment
 
-    config = tiny_config(data_dir, **{"model.class_conditional": True, "model.class_dropout": 0.1,
+    config = tiny_config(data_dir, **{"conditioning.name": "class_label",
+                                      "conditioning.class_label.dropout": 0.1,
                                       "sampling.sampler": "ddim", "sampling.num_steps": 2})
     exp = Experiment(config, load_data=False)
-    params = exp.init_state().ema_params
+    params = exp.init_state().ema[0]
     leaves, treedef = jax.tree.flatten(params)
     keys = jax.random.split(jax.random.PRNGKey(5), len(leaves))
     params = treedef.unflatten([p + 0.05 * jax.random.normal(k, p.shape)
@@ -104,11 +110,12 @@ def conditional_setup(data_dir):
 
 def _generator(exp, config, params, num_devices=1):
     from diffjax import parallel
+    from diffjax.experiment import Experiment
 
-    mesh = parallel.make_mesh(num_devices)
-    gen = generate.Generator(exp.model, exp.schedule, config, mesh, exp.image_shape,
-                             exp.num_classes)
-    return gen, jax.device_put(params, parallel.replicated(mesh))
+    config = config.copy_and_resolve_references()
+    config.mesh.num_devices = num_devices
+    gen = Experiment(config, load_data=False).generator()
+    return gen, jax.device_put(params, parallel.replicated(gen.mesh))
 
 
 def test_generator_labels_seeds_and_sharding(conditional_setup):
@@ -144,13 +151,14 @@ def test_generator_scale_zero_samples_the_null_label(conditional_setup):
 def test_guidance_on_an_unconditional_model_is_rejected(data_dir):
     from conftest import tiny_config
 
-    from diffjax import config_lib
+    from diffjax.experiment import validate
 
     config = tiny_config(data_dir, **{"sampling.guidance_scale": 2.0})
     with pytest.raises(ValueError, match=r"config.sampling.guidance_scale=2.0 is invalid: guidance "
-                                         r"needs a class-conditional model"):
-        config_lib.validate(config)
-    config = tiny_config(data_dir, **{"model.class_conditional": True, "sampling.labels": (12,)})
+                                         r"needs a conditioning with a null condition"):
+        validate(config)
+    config = tiny_config(data_dir, **{"conditioning.name": "class_label",
+                                      "sampling.labels": (12,)})
     with pytest.raises(ValueError, match=r"config.sampling.labels=\(12,\) is invalid: labels must "
                                          r"be in \[0, 10\)"):
-        generate.check_labels(config, 10)
+        validate(config)

@@ -9,9 +9,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from diffjax import inpaint, sampling, schedules
-from diffjax.sampling import repaint
-from diffjax.sampling.core import Prediction
+from diffjax import samplers as sampling
+from diffjax.core import schedules
+from diffjax.evaluation import image_quality
+from diffjax.samplers import repaint
+from diffjax.samplers.prediction import Prediction
 
 LINEAR = schedules.DiscreteSchedule(tuple(schedules.linear_betas(1000)))
 MU, S, RHO = 0.3, 0.5, 0.9  # two pixels per image, correlation RHO
@@ -114,15 +116,15 @@ def test_psnr_and_ssim_match_a_direct_numpy_reference():
     original = rng.integers(0, 256, (4, 28, 28, 3)).astype(np.uint8)
     noisy = np.clip(original + rng.normal(0, 20, original.shape), 0, 255).astype(np.uint8)
     mse = ((original.astype(np.float64) - noisy) / 255.0) ** 2
-    np.testing.assert_allclose(inpaint.psnr(noisy, original),
+    np.testing.assert_allclose(image_quality.psnr(noisy, original),
                                10 * np.log10(1.0 / mse.mean(axis=(1, 2, 3))), rtol=1e-5)
     expected = [numpy_ssim(n / 255.0, o / 255.0) for n, o in zip(noisy, original)]
-    np.testing.assert_allclose(inpaint.ssim(noisy, original), expected, rtol=1e-4)  # float32
-    assert inpaint.ssim(original, original) == pytest.approx(1.0, abs=1e-6)
+    np.testing.assert_allclose(image_quality.ssim(noisy, original), expected, rtol=1e-4)  # float32
+    assert image_quality.ssim(original, original) == pytest.approx(1.0, abs=1e-6)
     mask = np.ones((4, 28, 28, 1), np.float32)
     mask[:, :, :14] = 0
     only_missing = np.where(mask > 0, original, noisy)
-    np.testing.assert_allclose(inpaint.psnr_missing(only_missing, original, mask),
+    np.testing.assert_allclose(image_quality.psnr_missing(only_missing, original, mask),
                                10 * np.log10(1 / mse[:, :, :14].mean(axis=(1, 2, 3))), rtol=1e-6)
 
 
@@ -130,19 +132,19 @@ def test_inpaint_mode_end_to_end(data_dir, tmp_path):
     """--mode=inpaint on a tiny untrained U-Net: outputs exist, known pixels are the originals."""
     from conftest import tiny_config
 
-    from diffjax import checkpoint, config_lib
-    from diffjax.train import Experiment
+    from diffjax import checkpoint
+    from diffjax.experiment import Experiment
+    from diffjax.modes import inpaint
 
     config = tiny_config(data_dir, **{
         "sampling.num_steps": 3, "inpaint.num_images": 5, "inpaint.jump_length": 1,
         "inpaint.resample": 2, "inpaint.mask": "random_pixels", "inpaint.mask_fraction": 0.5})
-    config_lib.validate(config)
     workdir = str(tmp_path / "run")
     exp = Experiment(config, workdir, load_data=False)
     ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"))
     ckpt.save(1, exp.init_state())
     ckpt.close()
-    path = inpaint.inpaint_from_workdir(config, workdir)
+    path = inpaint.inpaint_workdir(exp)
     with open(path) as f:
         result = json.load(f)
     assert result["nfe"] == 3 + 1 * 1 * 2 and result["num_images"] == 5

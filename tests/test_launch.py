@@ -8,8 +8,8 @@ import sys
 import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = ["--config.data.image_size=16", "--config.model.ch_mult=(1,2)",
-        "--config.model.attn_resolutions=(8,)",
+TINY = ["--config.data.image_size=16", "--config.model.unet.ch_mult=(1,2)",
+        "--config.model.unet.attn_resolutions=(8,)",
         "--config.training.batch_size=8", "--config.training.log_every_steps=1",
         "--config.training.checkpoint_every_steps=2", "--config.training.sample_every_steps=0",
         "--config.sampling.num_steps=3", "--config.sampling.grid_samples=4",

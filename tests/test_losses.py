@@ -5,7 +5,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from diffjax import losses, schedules
+from diffjax.core import schedules, time_sampling, weightings
+from diffjax.core.parameterizations import PARAMETERIZATIONS, edm_preconditioning
+from diffjax.core.parameterizations import make_parameterization as P
+from diffjax.objectives.denoising import Denoising
+
+NAMES = PARAMETERIZATIONS.names()
 
 
 def _draw(seed=0, batch=6):
@@ -18,31 +23,31 @@ def _draw(seed=0, batch=6):
 
 
 @pytest.mark.parametrize("ve", [False, True])
-@pytest.mark.parametrize("param", losses.PARAMETERIZATIONS)
+@pytest.mark.parametrize("param", NAMES)
 def test_converters_round_trip(param, ve):
     x0, eps, alpha, sigma = _draw()
     if ve:  # alpha = 1, sigma arbitrary: the v inversion must not assume alpha^2 + sigma^2 = 1
         alpha, sigma = jnp.ones_like(alpha), sigma / alpha
     x_t = alpha[:, None, None, None] * x0 + sigma[:, None, None, None] * eps
-    output = losses.target(param, x0, eps, alpha, sigma)
-    x0_hat, eps_hat = losses.x0_eps_from_output(param, x_t, output, alpha, sigma)
+    output = P(param).target(x0, eps, alpha, sigma)
+    x0_hat, eps_hat = P(param).x0_eps(x_t, output, alpha, sigma)
     np.testing.assert_allclose(x0_hat, x0, atol=2e-4)
     np.testing.assert_allclose(eps_hat, eps, atol=2e-4)
 
 
-@pytest.mark.parametrize("weighting", losses.WEIGHTINGS)
-@pytest.mark.parametrize("param", losses.PARAMETERIZATIONS)
+@pytest.mark.parametrize("weighting", weightings.WEIGHTINGS)
+@pytest.mark.parametrize("param", NAMES)
 def test_weighted_loss_equals_its_eps_space_form(param, weighting):
     """w_target ||target_hat - target||^2 == w_eps ||eps_hat - eps||^2 for any network output."""
     x0, eps, alpha, sigma = _draw(1)
     b = lambda c: c[:, None, None, None]  # noqa: E731
     x_t = b(alpha) * x0 + b(sigma) * eps
     output = jnp.asarray(np.random.default_rng(2).standard_normal(x0.shape), jnp.float32)
-    _, eps_hat = losses.x0_eps_from_output(param, x_t, output, alpha, sigma)
-    tgt = losses.target(param, x0, eps, alpha, sigma)
+    _, eps_hat = P(param).x0_eps(x_t, output, alpha, sigma)
+    tgt = P(param).target(x0, eps, alpha, sigma)
     mse = lambda a, b: jnp.mean((a - b) ** 2, (1, 2, 3))  # noqa: E731
-    lhs = losses.loss_weight(weighting, param, alpha, sigma) * mse(output, tgt)
-    rhs = losses.eps_weight(weighting, param, alpha, sigma) * mse(eps_hat, eps)
+    lhs = weightings.loss_weight(weighting, P(param), alpha, sigma) * mse(output, tgt)
+    rhs = weightings.eps_weight(weighting, P(param), alpha, sigma) * mse(eps_hat, eps)
     np.testing.assert_allclose(lhs, rhs, rtol=2e-3)
 
 
@@ -54,28 +59,28 @@ def test_min_snr_weights_match_hang_et_al():
     g = 5.0
     for param, expected in [("eps", jnp.minimum(snr, g) / snr), ("x0", jnp.minimum(snr, g)),
                             ("v", jnp.minimum(snr, g) / (snr + 1))]:
-        np.testing.assert_allclose(losses.loss_weight("min_snr", param, alpha, sigma, g), expected,
-                                   rtol=1e-4)
+        np.testing.assert_allclose(weightings.loss_weight("min_snr", P(param), alpha, sigma, g),
+                                   expected, rtol=1e-4)
 
 
 def test_edm_weight_is_karras_lambda_on_x0():
     sigma = jnp.array([0.01, 0.5, 3.0, 80.0])
     alpha = jnp.ones_like(sigma)
     lam = (sigma**2 + 0.25) / (sigma * 0.5) ** 2
-    np.testing.assert_allclose(losses.loss_weight("edm", "x0", alpha, sigma, sigma_data=0.5), lam,
-                               rtol=1e-5)
+    np.testing.assert_allclose(weightings.loss_weight("edm", P("x0"), alpha, sigma, sigma_data=0.5),
+                               lam, rtol=1e-5)
 
 
 def test_simple_weight_is_one_on_own_target():
     _, _, alpha, sigma = _draw(4)
-    for param in losses.PARAMETERIZATIONS:
-        np.testing.assert_allclose(losses.loss_weight("simple", param, alpha, sigma), 1.0,
+    for param in NAMES:
+        np.testing.assert_allclose(weightings.loss_weight("simple", P(param), alpha, sigma), 1.0,
                                    rtol=1e-5)
 
 
 def test_uniform_time_sampling_on_discrete_grid():
     sched = schedules.DiscreteSchedule(tuple(schedules.linear_betas(1000)))
-    t = losses.sample_time(jax.random.PRNGKey(0), 4096, sched, "uniform")
+    t = time_sampling.sample_time(jax.random.PRNGKey(0), 4096, sched, "uniform")
     index = np.asarray(t) * 1000 - 1
     np.testing.assert_allclose(index, np.round(index), atol=1e-3)
     assert index.min() >= 0 and index.max() <= 999 and len(np.unique(np.round(index))) > 900
@@ -83,7 +88,7 @@ def test_uniform_time_sampling_on_discrete_grid():
 
 def test_lognormal_time_sampling_gives_lognormal_sigma():
     sched = schedules.EDMSchedule(0.002, 80.0, 7.0)
-    t = losses.sample_time(jax.random.PRNGKey(0), 20000, sched, "lognormal", -1.2, 1.2)
+    t = time_sampling.sample_time(jax.random.PRNGKey(0), 20000, sched, "lognormal", -1.2, 1.2)
     log_sigma = np.log(np.asarray(sched.sigma(t)))
     # EDM lognormal: ln sigma ~ N(-1.2, 1.2^2), truncated to [sigma_min, sigma_max] (3.8 / 3.7 sd).
     assert log_sigma.mean() == pytest.approx(-1.2, abs=0.04)
@@ -91,10 +96,11 @@ def test_lognormal_time_sampling_gives_lognormal_sigma():
 
 
 def test_unknown_names_raise():
-    with pytest.raises(ValueError, match=r"parameterization='score' is unknown; allowed: eps, x0"):
-        losses.target("score", 0, 0, 1, 1)
+    with pytest.raises(ValueError, match=r"config.diffusion.parameterization='score' is unknown; "
+                                         r"allowed: eps, x0"):
+        P("score")
     with pytest.raises(ValueError, match=r"weighting='p2' is unknown; allowed: simple, snr"):
-        losses.eps_weight("p2", "eps", 1.0, 1.0)
+        weightings.eps_weight("p2", P("eps"), 1.0, 1.0)
 
 
 def test_edm_preconditioning_is_karras_table1():
@@ -102,14 +108,14 @@ def test_edm_preconditioning_is_karras_table1():
     s sd / sqrt(s^2 + sd^2), c_in = 1 / sqrt(s^2 + sd^2), and D = c_skip x + c_out F."""
     sigma = jnp.array([0.002, 0.1, 0.5, 3.0, 80.0])
     alpha, sd = jnp.ones_like(sigma), 0.5
-    c_skip, c_out, c_in = losses.edm_preconditioning(alpha, sigma, sd)
+    c_skip, c_out, c_in = edm_preconditioning(alpha, sigma, sd)
     np.testing.assert_allclose(c_skip, sd**2 / (sigma**2 + sd**2), rtol=1e-6)
     np.testing.assert_allclose(c_out, sigma * sd / np.sqrt(sigma**2 + sd**2), rtol=1e-6)
     np.testing.assert_allclose(c_in, 1 / np.sqrt(sigma**2 + sd**2), rtol=1e-6)
-    np.testing.assert_allclose(losses.input_scale("edm", alpha, sigma, sd), c_in, rtol=1e-6)
+    np.testing.assert_allclose(P("edm", sd).c_in(alpha, sigma), c_in, rtol=1e-6)
     x_t = jnp.asarray(np.random.default_rng(0).standard_normal((5, 2, 2, 1)), jnp.float32)
     out = jnp.asarray(np.random.default_rng(1).standard_normal((5, 2, 2, 1)), jnp.float32)
-    x0, _ = losses.x0_eps_from_output("edm", x_t, out, alpha, sigma, sd)
+    x0, _ = P("edm", sd).x0_eps(x_t, out, alpha, sigma)
     b = lambda c: c[:, None, None, None]  # noqa: E731
     np.testing.assert_allclose(x0, b(c_skip) * x_t + b(c_out) * out, rtol=1e-5, atol=1e-6)
 
@@ -119,48 +125,78 @@ def test_edm_on_vp_equals_edm_on_its_ve_equivalent():
     sigma / alpha acting on x_t / alpha (Karras et al. 2022, eq. 4 with s(t) = alpha)."""
     x0, eps, alpha, sigma = _draw(5)
     b = lambda c: c[:, None, None, None]  # noqa: E731
-    np.testing.assert_allclose(losses.target("edm", x0, eps, alpha, sigma),
-                               losses.target("edm", x0, eps, jnp.ones_like(alpha), sigma / alpha),
+    np.testing.assert_allclose(P("edm").target(x0, eps, alpha, sigma),
+                               P("edm").target(x0, eps, jnp.ones_like(alpha), sigma / alpha),
                                rtol=2e-4, atol=2e-5)
     x_t = b(alpha) * x0 + b(sigma) * eps
-    vp_input = b(losses.input_scale("edm", alpha, sigma)) * x_t
-    ve_input = b(losses.input_scale("edm", 1.0, sigma / alpha)) * (x_t / b(alpha))
+    vp_input = b(P("edm").c_in(alpha, sigma)) * x_t
+    ve_input = b(P("edm").c_in(1.0, sigma / alpha)) * (x_t / b(alpha))
     np.testing.assert_allclose(vp_input, ve_input, rtol=2e-4, atol=2e-5)
 
 
 def test_edm_weighting_gives_unit_weight_on_F():
     """EDM chooses lambda(sigma) = 1 / c_out^2 so that the loss on F has weight 1 (Sec. 5)."""
     _, _, alpha, sigma = _draw(6)
-    np.testing.assert_allclose(losses.loss_weight("edm", "edm", alpha, sigma), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(weightings.loss_weight("edm", P("edm"), alpha, sigma), 1.0,
+                               rtol=1e-5)
     sigma = jnp.array([0.01, 1.0, 50.0])
-    _, c_out, _ = losses.edm_preconditioning(1.0, sigma)
+    _, c_out, _ = edm_preconditioning(1.0, sigma)
     lam = (sigma**2 + 0.25) / (sigma * 0.5) ** 2
     np.testing.assert_allclose(lam * c_out**2, 1.0, rtol=1e-5)
 
 
-@pytest.mark.parametrize("param", losses.PARAMETERIZATIONS)
+@pytest.mark.parametrize("param", NAMES)
 def test_training_feeds_the_network_through_network_output(param):
-    """diffusion_loss calls the network on input_scale * x_t (EDM c_in; 1 otherwise) and
-    noise_cond(t), exactly as losses.network_output does for the sampler's denoiser."""
-    from configs import base
-
-    cfg = base.get_config().diffusion
-    cfg.schedule, cfg.parameterization = "vp_cosine", param
-    sched = schedules.get_schedule(cfg)
+    """The denoising loss calls the network on c_in x_t (EDM's 1 / sqrt(sigma^2 + alpha^2 sd^2);
+    1 otherwise) and c_noise(t) = 1000 t on a continuous schedule, exactly as the sampler's
+    network_output does, with eps = normal(split(rng)[1]) and x_t = alpha x0 + sigma eps."""
+    sched = schedules.make_schedule("vp_cosine")
+    objective = Denoising(sched, P(param))
     x0 = jnp.asarray(np.random.default_rng(7).uniform(-1, 1, (4, 2, 2, 1)), jnp.float32)
     seen = {}
 
-    def apply_fn(net_input, noise_cond):
+    def apply(params, net_input, noise_cond, cond):
         seen["input"], seen["cond"] = net_input, noise_cond
         return jnp.zeros_like(net_input)
 
     rng = jax.random.PRNGKey(3)
-    _, _, t = losses.diffusion_loss(apply_fn, x0, rng, sched, cfg)
-    eps = jax.random.normal(jax.random.split(rng)[1], x0.shape)  # diffusion_loss's noise draw
+    inputs = objective.prepare(x0, {}, rng, None)
+    objective.loss({"network": None}, apply, inputs, {}, 0)
+    t = inputs["t"]
+    eps = jax.random.normal(jax.random.split(rng)[1], x0.shape)
+    np.testing.assert_array_equal(inputs["eps"], eps)
     alpha, sigma = sched.alpha(t)[:, None, None, None], sched.sigma(t)[:, None, None, None]
     x_t = alpha * x0 + sigma * eps
     scale = 1 / jnp.sqrt(sigma**2 + alpha**2 * 0.25) if param == "edm" else 1.0
     np.testing.assert_allclose(seen["input"], scale * x_t, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(seen["cond"], sched.noise_cond(t), rtol=1e-6)
-    losses.network_output(apply_fn, x_t, t, sched, param)
+    np.testing.assert_allclose(seen["cond"], 1000.0 * t, rtol=1e-6)
+    P(param).network_output(lambda x, c: apply(None, x, c, {}), x_t, t, sched)
     np.testing.assert_allclose(seen["input"], scale * x_t, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("ve", [False, True])
+@pytest.mark.parametrize("param", NAMES)
+def test_x0_is_c_skip_x_t_plus_c_out_times_the_output(param, ve):
+    """Every parameterization's denoised estimate has the preconditioned form
+    x0_hat = c_skip x_t + c_out F (Karras et al. 2022, eq. 7), with its own c_skip, c_out:
+    eps: 1/alpha, -sigma/alpha;  x0: 0, 1;  v: alpha, -sigma over alpha^2 + sigma^2;
+    edm: Table 1's on x_t / alpha."""
+    _, _, alpha, sigma = _draw(8)
+    if ve:
+        alpha, sigma = jnp.ones_like(alpha), sigma / alpha
+    rng = np.random.default_rng(9)
+    x_t = jnp.asarray(rng.standard_normal((6, 4, 4, 2)), jnp.float32)
+    out = jnp.asarray(rng.standard_normal((6, 4, 4, 2)), jnp.float32)
+    a, s = np.asarray(alpha, np.float64), np.asarray(sigma, np.float64)
+    sd = 0.5
+    expected = {"eps": (1 / a, -s / a), "x0": (0 * a, 1 + 0 * a),
+                "v": (a / (a**2 + s**2), -s / (a**2 + s**2)),
+                "edm": (sd**2 / ((s / a) ** 2 + sd**2) / a,
+                        (s / a) * sd / np.sqrt((s / a) ** 2 + sd**2))}[param]
+    c_skip, c_out = P(param).c_skip_out(alpha, sigma)
+    np.testing.assert_allclose(c_skip, expected[0], rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(c_out, expected[1], rtol=1e-5, atol=1e-7)
+    x0, _ = P(param).x0_eps(x_t, out, alpha, sigma)
+    b = lambda c: np.asarray(c)[:, None, None, None]  # noqa: E731
+    np.testing.assert_allclose(x0, b(expected[0]) * x_t + b(expected[1]) * out, rtol=2e-4,
+                               atol=2e-5)

@@ -9,20 +9,22 @@ import subprocess
 import sys
 import time
 
+import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
-from conftest import tiny_config
+from conftest import tiny_config, train_run
 
-from diffjax import checkpoint, train, writers
+from diffjax import checkpoint, writers
 from diffjax.errors import NonFiniteError
+from diffjax.training import loop
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_STEPS = 40
-RUN = ["--config.data.image_size=16", "--config.model.ch_mult=(1,2)",
-       "--config.model.attn_resolutions=(8,)", "--config.training.batch_size=8",
+RUN = ["--config.data.image_size=16", "--config.model.unet.ch_mult=(1,2)",
+       "--config.model.unet.attn_resolutions=(8,)", "--config.training.batch_size=8",
        f"--config.training.num_steps={NUM_STEPS}", "--config.training.log_every_steps=1",
        "--config.training.checkpoint_every_steps=10", "--config.training.keep_checkpoints=1",
        "--config.training.sample_every_steps=0", "--config.sampling.num_steps=2",
@@ -30,11 +32,16 @@ RUN = ["--config.data.image_size=16", "--config.model.ch_mult=(1,2)",
        "--config.mesh.cpu_devices=2", "--config.optim.warmup_steps=2"]
 
 
-def _launch(workdir, data_dir, *extra, env_extra=None, wait=True):
+def _launch(workdir, data_dir, *extra, kill_during_save=None, wait=True):
+    """launch.py with RUN's flags; kill_during_save=STEP: SIGKILL once that save has started
+    (through the test-only tests/helpers/kill_during_save.py)."""
     env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="", DIFFJAX_DATA_DIR=data_dir,
-               PYTHONUNBUFFERED="1", **(env_extra or {}))
-    args = [sys.executable, os.path.join(ROOT, "launch.py"), "--workdir", str(workdir), *RUN,
-            *extra]
+               PYTHONUNBUFFERED="1")
+    entry = [os.path.join(ROOT, "launch.py")]
+    if kill_during_save is not None:
+        entry = [os.path.join(ROOT, "tests", "helpers", "kill_during_save.py"),
+                 str(kill_during_save)]
+    args = [sys.executable, *entry, "--workdir", str(workdir), *RUN, *extra]
     proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
     if not wait:
@@ -104,7 +111,7 @@ def test_sigterm_checkpoints_and_the_restart_is_bit_exact(data_dir, tmp_path, un
 def test_sigkill_during_an_async_save_resumes_from_the_previous_step(data_dir, tmp_path,
                                                                     uninterrupted):
     workdir = tmp_path / "killed"
-    killed = _launch(workdir, data_dir, env_extra={"DIFFJAX_TEST_KILL_DURING_SAVE": "20"})
+    killed = _launch(workdir, data_dir, kill_during_save=20)
     assert killed.returncode == -signal.SIGKILL
     ckpt_dir = workdir / "checkpoints"
     # keep_checkpoints=1, yet step 10 survives: nothing is deleted before a newer step commits.
@@ -119,10 +126,10 @@ def test_sigkill_during_an_async_save_resumes_from_the_previous_step(data_dir, t
 def test_changed_model_shape_is_not_resumed_silently(data_dir, tmp_path, uninterrupted):
     workdir = tmp_path / "reshaped"
     shutil.copytree(uninterrupted, workdir)
-    out = _launch(workdir, data_dir, "--config.model.ch=64")
+    out = _launch(workdir, data_dir, "--config.model.unet.ch=64")
     assert out.returncode == 2
     assert "whose train state has another shape" in out.stderr
-    assert "model.ch: 32 -> 64" in out.stderr and "--fresh" in out.stderr
+    assert "model.unet.ch: 32 -> 64" in out.stderr and "--fresh" in out.stderr
     assert "Traceback" not in out.stderr
     assert sorted(os.listdir(workdir / "checkpoints")) == [str(NUM_STEPS)]  # untouched
 
@@ -131,7 +138,7 @@ def test_fresh_moves_the_old_run_aside(tmp_path):
     workdir = tmp_path / "run"
     (workdir / "checkpoints").mkdir(parents=True)
     (workdir / "config.json").write_text("{}")
-    train.prepare_workdir(str(workdir), fresh=True)
+    loop.prepare_workdir(str(workdir), fresh=True)
     assert os.listdir(workdir) == []
     (aside,) = [p for p in tmp_path.iterdir() if p.name.startswith("run.prev-")]
     assert sorted(os.listdir(aside)) == ["checkpoints", "config.json"]
@@ -141,7 +148,7 @@ def test_unwritable_workdir_is_a_clear_error(tmp_path):
     blocker = tmp_path / "a_file"
     blocker.write_text("")
     with pytest.raises(ValueError, match=r"--workdir .*a_file/run cannot be created or written"):
-        train.prepare_workdir(str(blocker / "run"))
+        loop.prepare_workdir(str(blocker / "run"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -242,8 +249,21 @@ def test_intact_step_of_another_shape_is_an_error_not_a_fallback(tmp_path):
 # Non-finite steps and a full disk, through the real training loop.
 
 
+def poison_losses_at(monkeypatch, steps) -> None:
+    """Makes the denoising loss (and so every gradient) NaN at these 0-based update indices."""
+    from diffjax.objectives.denoising import Denoising
+
+    real_loss = Denoising.loss
+
+    def poisoned(self, params, apply, inputs, state, step):
+        loss, metrics = real_loss(self, params, apply, inputs, state, step)
+        return loss * jnp.where(jnp.isin(step, jnp.asarray(steps)), jnp.nan, 1.0), metrics
+
+    monkeypatch.setattr(Denoising, "loss", poisoned)
+
+
 def test_nan_updates_are_skipped_then_training_stops(data_dir, tmp_path, monkeypatch):
-    monkeypatch.setenv("DIFFJAX_TEST_NAN_AT_STEPS", "2,3")  # updates 3 and 4 (1-based)
+    poison_losses_at(monkeypatch, [2, 3])  # updates 3 and 4 (1-based)
     config = tiny_config(data_dir, **{"training.num_steps": 8,
                                       "training.checkpoint_every_steps": 1,
                                       "training.keep_checkpoints": 5,
@@ -251,7 +271,7 @@ def test_nan_updates_are_skipped_then_training_stops(data_dir, tmp_path, monkeyp
     workdir = str(tmp_path / "nan")
     with pytest.raises(NonFiniteError, match=r"non-finite for 2 steps in a row \(steps 3\.\.4; "
                        r"config.training.max_nonfinite_steps=2\); stopped at step 4") as info:
-        train.train(config, workdir)
+        train_run(config, workdir)
     assert "last committed checkpoint is step 3" in str(info.value)
 
     records = writers.read_metrics(os.path.join(workdir, "metrics.jsonl"))
@@ -260,7 +280,7 @@ def test_nan_updates_are_skipped_then_training_stops(data_dir, tmp_path, monkeyp
     before, skipped = _final_arrays(workdir, 2), _final_arrays(workdir, 3)
     assert before["step"] == 2 and skipped["step"] == 3 and skipped["nonfinite_count"] == 1
     for key in before:  # the skipped update left params, EMA and optimizer state unchanged
-        if key.split(".")[0] in ("params", "ema_params", "opt_state"):
+        if key.split(".")[0] in ("params", "ema", "opt_state"):
             np.testing.assert_array_equal(before[key], skipped[key], err_msg=key)
     assert sorted(int(d) for d in os.listdir(os.path.join(workdir, "checkpoints"))) == [1, 2, 3]
 
@@ -279,9 +299,65 @@ def test_full_disk_stops_with_a_clear_error_and_keeps_the_checkpoint(data_dir, t
     workdir = str(tmp_path / "full")
     with pytest.raises(OSError, match=r"No space left on device \(while training, after step 3\); "
                        r"the last committed checkpoint is step 2") as info:
-        train.train(config, workdir)
+        train_run(config, workdir)
     assert info.value.errno == errno.ENOSPC
     assert checkpoint.verify_manifest(os.path.join(workdir, "checkpoints", "2"))
     assert _final_arrays(workdir, 2)["step"] == 2
     with open(os.path.join(workdir, "config.json")) as f:
         assert json.load(f)["training"]["num_steps"] == 6
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints written before the plug-in layout.
+
+
+@flax.struct.dataclass
+class LegacyTrainState:
+    """diffjax's TrainState before plug-ins (its fields, in order)."""
+
+    step: jax.Array
+    params: object
+    ema_params: object
+    opt_state: object
+    rng: jax.Array
+    nonfinite_count: jax.Array
+
+
+@flax.struct.dataclass
+class LegacyMultiEMATrainState(LegacyTrainState):
+    """...and its subclass for extra EMA rates (training.ema_decays)."""
+
+    extra_ema: tuple = ()
+
+
+def test_a_checkpoint_of_the_pre_plugin_layout_restores_and_resumes_exactly(data_dir, tmp_path):
+    from diffjax import restore
+    from diffjax.experiment import Experiment
+
+    config = tiny_config(data_dir, **{"ema.fixed.decays": (0.999, 0.9),
+                                      "training.checkpoint_every_steps": 2})
+    straight = train_run(config, str(tmp_path / "straight"))
+    config.training.num_steps = 2
+    at_two = train_run(config, str(tmp_path / "two"))
+    legacy = LegacyMultiEMATrainState(
+        step=at_two.step, params=at_two.params, ema_params=at_two.ema[0],
+        opt_state=at_two.opt_state, rng=at_two.rng, nonfinite_count=at_two.nonfinite_count,
+        extra_ema=(at_two.ema[1],))
+    workdir = str(tmp_path / "legacy")
+    manager = ocp.CheckpointManager(os.path.join(workdir, "checkpoints"),
+                                    options=ocp.CheckpointManagerOptions(create=True),
+                                    item_handlers=ocp.StandardCheckpointHandler())
+    manager.save(2, args=ocp.args.StandardSave(legacy))
+    manager.wait_until_finished()
+    manager.close()
+    assert "ema_params.conv_in.kernel" in _final_arrays(workdir, 2)
+
+    restored, step = restore.restore_state(Experiment(config, workdir, load_data=False), workdir)
+    assert step == 2
+    for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(at_two)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    config.training.num_steps = 4
+    resumed = train_run(config, workdir)  # resumes from the legacy step, saves the new layout
+    for a, b in zip(jax.tree.leaves(resumed), jax.tree.leaves(straight)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert "ema.1.conv_in.kernel" in _final_arrays(workdir, 4)

@@ -7,8 +7,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from diffjax import losses, sampling, schedules
-from diffjax.sampling import dpm_solver, ode
+from diffjax import samplers as sampling
+from diffjax.core import schedules
+from diffjax.core.parameterizations import PARAMETERIZATIONS, make_parameterization
+from diffjax.samplers import dpm_solver, ode
+
+PARAMS = PARAMETERIZATIONS.names()
 
 MU, S = 0.3, 0.5
 SHAPE = (4000, 2, 2, 1)  # 16,000 iid scalars: the sample mean has sd S / 126 = 0.004
@@ -24,24 +28,20 @@ def gaussian_denoiser(schedule, parameterization="eps", sigma_data=0.5):
         sigma = schedule.sigma(t)[:, None, None, None]
         x0 = MU + alpha * S**2 / (alpha**2 * S**2 + sigma**2) * (x_t - alpha * MU)
         eps = (x_t - alpha * x0) / sigma
-        return losses.target(parameterization, x0, eps, alpha[:, 0, 0, 0], sigma[:, 0, 0, 0],
-                             sigma_data)
+        return make_parameterization(parameterization, sigma_data).target(
+            x0, eps, alpha[:, 0, 0, 0], sigma[:, 0, 0, 0])
 
     return denoiser
 
 
 def _schedule(name):
-    from configs import base
-
-    cfg = base.get_config().diffusion
-    cfg.schedule = name
-    return schedules.get_schedule(cfg)
+    return schedules.make_schedule(name)
 
 
 def _sample(schedule, param="eps", shape=SHAPE, with_nfe=False, **kw):
     noise = jax.random.normal(jax.random.PRNGKey(1), shape)
     run = jax.jit(lambda n, k: sampling.sample(gaussian_denoiser(schedule, param), schedule, param,
-                                               n, k, clip_denoised=False, **kw))
+                                               n, k, **kw))
     x, nfe = run(noise, jax.random.PRNGKey(2))
     return (np.asarray(x), int(nfe)) if with_nfe else np.asarray(x)
 
@@ -78,7 +78,7 @@ def exact_sampler_limit(schedule, shape, num_steps, spacing):
 
 @pytest.mark.parametrize("variance", ["small", "large"])
 def test_ddpm_1000_steps_reproduces_the_data_distribution(variance):
-    x = _sample(LINEAR, sampler="ddpm", num_steps=1000, ddpm_variance=variance)
+    x = _sample(LINEAR, sampler="ddpm", num_steps=1000, variance=variance)
     # 5 standard errors: mean sd 0.004, variance sd S^2 sqrt(2/n) = 0.0028.
     assert x.mean() == pytest.approx(MU, abs=0.02)
     assert x.var() == pytest.approx(S**2, abs=0.015 if variance == "small" else 0.02)
@@ -104,7 +104,7 @@ def test_ddim_eta1_equals_ddpm_small_step_for_step():
     """DDIM with eta=1 is DDPM ancestral sampling with the posterior ('small') variance
     (Song et al. 2021, Sec. 4.1): same noise in, same samples out."""
     a = _sample(LINEAR, sampler="ddim", num_steps=50, eta=1.0)
-    b = _sample(LINEAR, sampler="ddpm", num_steps=50, ddpm_variance="small")
+    b = _sample(LINEAR, sampler="ddpm", num_steps=50, variance="small")
     np.testing.assert_allclose(a, b, atol=2e-4)
 
 
@@ -112,7 +112,7 @@ def test_ddim_eta1_equals_ddpm_small_step_for_step():
 # The probability-flow ODE: exact limits and identities.
 
 
-@pytest.mark.parametrize("param", losses.PARAMETERIZATIONS)
+@pytest.mark.parametrize("param", PARAMS)
 def test_ddim_deterministic_converges_to_the_exact_ode_solution(param):
     noise = np.asarray(jax.random.normal(jax.random.PRNGKey(1), SMALL))
     exact = exact_ode_solution(LINEAR, noise, 1.0)
@@ -159,7 +159,7 @@ def test_deterministic_samplers_solve_the_ode_on_every_schedule(sampler):
     names = ("linear", "vp_linear", "vp_cosine", "ve", "edm")
     for i, name in enumerate(names):
         schedule = _schedule(name)
-        param = losses.PARAMETERIZATIONS[(i + len(sampler)) % len(losses.PARAMETERIZATIONS)]
+        param = PARAMS[(i + len(sampler)) % len(PARAMS)]
         x = _sample(schedule, param, shape=SMALL, sampler=sampler, num_steps=_CONVERGED[sampler],
                     spacing="karras")
         exact = exact_sampler_limit(schedule, SMALL, _CONVERGED[sampler], "karras")
@@ -260,8 +260,9 @@ def _count_nfe(schedule, options):
 def test_nfe_counts_every_network_evaluation(sampler, num_steps, expected):
     """Reported NFE = denoiser executions. heun at the EDM settings (18 steps, rho = 7, churn) is
     EDM's 35 NFE = 2N - 1; pc with one corrector step is 2N; ode reads diffrax's step count."""
+    churn = EDM_CHURN if sampler in ("euler", "heun") else {}  # each sampler takes its own options
     reported, counted = _count_nfe(EDM, dict(sampler=sampler, num_steps=num_steps,
-                                             spacing="karras", **EDM_CHURN))
+                                             spacing="karras", **churn))
     assert reported == counted
     if expected is not None:
         assert reported == expected
@@ -271,15 +272,19 @@ def test_nfe_counts_every_network_evaluation(sampler, num_steps, expected):
 
 
 def test_sampler_options_are_validated():
-    with pytest.raises(ValueError, match=r"sampler='heunn' is unknown; allowed: ddpm, ddim"):
+    with pytest.raises(ValueError, match=r"config.sampling.sampler='heunn' is unknown; allowed: "
+                                         r"ddpm, ddim, euler, heun, dpmpp_2m, dpmpp_3m, pc, ode"):
         sampling.sample(None, LINEAR, "eps", jnp.zeros((1, 1, 1, 1)), jax.random.PRNGKey(0),
                         sampler="heunn")
-    with pytest.raises(ValueError, match=r"config.sampling.spacing='log' is unknown; allowed: "):
-        sampling.SamplerOptions(spacing="log")
-    with pytest.raises(ValueError, match=r"config.sampling.s_churn=-1.0 is invalid: must be >= 0"):
-        dataclasses.replace(sampling.SamplerOptions(), s_churn=-1.0)
-    with pytest.raises(ValueError, match=r"config.sampling.ode_solver='rk45' is unknown"):
-        sampling.SamplerOptions(ode_solver="rk45")
+    with pytest.raises(ValueError, match=r"spacing='log' is unknown; allowed: uniform"):
+        sampling.GridOptions(spacing="log")
+    with pytest.raises(ValueError, match=r"s_churn=-1.0 is invalid: must be >= 0"):
+        dataclasses.replace(sampling.edm.ChurnOptions(), s_churn=-1.0)
+    with pytest.raises(ValueError, match=r"solver='rk45' is unknown"):
+        sampling.ode.ODEOptions(solver="rk45")
+    with pytest.raises(TypeError, match=r"sampler 'ddim' has no option 's_churn'"):
+        sampling.sample(None, LINEAR, "eps", jnp.zeros((1, 1, 1, 1)), jax.random.PRNGKey(0),
+                        sampler="ddim", s_churn=1.0)
 
 
 def test_ode_reports_a_solve_that_runs_out_of_steps(monkeypatch):

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from conftest import run_steps, tiny_config
 
-from diffjax import checkpoint, parallel, train
+from diffjax import checkpoint, parallel
+from diffjax.experiment import Experiment
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -22,7 +23,7 @@ def _assert_params_close(a, b, atol):
 
 
 def test_grad_accumulation_over_4_micro_batches_equals_the_4x_batch(data_dir):
-    config = tiny_config(data_dir, **{"model.dropout": 0.0, "mesh.num_devices": 2})
+    config = tiny_config(data_dir, **{"model.unet.dropout": 0.0, "mesh.num_devices": 2})
     _, big, big_losses = run_steps(config, 2)
     config.training.grad_accum_steps = 4  # 8 -> 4 micro-batches of 2, one example per device
     _, accumulated, accumulated_losses = run_steps(config, 2)
@@ -33,7 +34,7 @@ def test_grad_accumulation_over_4_micro_batches_equals_the_4x_batch(data_dir):
 
 
 def test_fsdp_gives_the_same_params_as_data_parallel(data_dir):
-    config = tiny_config(data_dir, **{"model.dropout": 0.0, "mesh.num_devices": 8})
+    config = tiny_config(data_dir, **{"model.unet.dropout": 0.0, "mesh.num_devices": 8})
     _, replicated, dp_losses = run_steps(config, 2)
     config.mesh.shape = (2, 4)
     exp, sharded, fsdp_losses = run_steps(config, 2)
@@ -47,12 +48,12 @@ def test_fsdp_gives_the_same_params_as_data_parallel(data_dir):
 
 def test_bfloat16_compute_trains_with_float32_state(data_dir):
     config = tiny_config(data_dir, **{"training.compute_dtype": "bfloat16"})
-    exp = train.Experiment(config)
+    exp = Experiment(config)
     initial = jax.device_get(exp.init_state().params)
     # 3 steps: the output conv starts at zero (ADM), so the layers below it learn from step 3 on.
     _, state, losses = run_steps(config, 3)
     assert all(np.isfinite(losses))
-    floats = jax.tree.leaves((state.params, state.ema_params, state.opt_state))
+    floats = jax.tree.leaves((state.params, state.ema, state.opt_state))
     assert all(x.dtype == np.float32 for x in floats if np.issubdtype(x.dtype, np.floating))
     changed = [not np.array_equal(a, b) for a, b in
                zip(jax.tree.leaves(initial), jax.tree.leaves(jax.device_get(state.params)))]
@@ -66,14 +67,14 @@ def test_bfloat16_compute_trains_with_float32_state(data_dir):
 def test_a_checkpoint_saved_on_8_devices_restores_on_another_mesh(data_dir, tmp_path, num_devices,
                                                                    shape):
     config = tiny_config(data_dir, **{"mesh.num_devices": 8})
-    saved_exp = train.Experiment(config, load_data=False)
+    saved_exp = Experiment(config, load_data=False)
     state = saved_exp.init_state()
     ckpt = checkpoint.Checkpointer(str(tmp_path / "checkpoints"))
     ckpt.save(1, state)
     ckpt.close()
 
     config.mesh.num_devices, config.mesh.shape = num_devices, shape
-    exp = train.Experiment(config, load_data=False)
+    exp = Experiment(config, load_data=False)
     restored, step = checkpoint.Checkpointer(str(tmp_path / "checkpoints")).restore_latest(
         exp.abstract_target())
     assert step == 1
@@ -89,8 +90,8 @@ def _free_port():
         return s.getsockname()[1]
 
 
-TWO_PROCESS_RUN = ["--config.data.image_size=16", "--config.model.ch_mult=(1,2)",
-                   "--config.model.attn_resolutions=(8,)", "--config.model.dropout=0.0",
+TWO_PROCESS_RUN = ["--config.data.image_size=16", "--config.model.unet.ch_mult=(1,2)",
+                   "--config.model.unet.attn_resolutions=(8,)", "--config.model.unet.dropout=0.0",
                    "--config.training.batch_size=16", "--config.training.num_steps=3",
                    "--config.training.log_every_steps=1",
                    "--config.training.checkpoint_every_steps=3",

@@ -1,26 +1,19 @@
 """Noise schedules against closed forms and identities."""
 
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 
-from diffjax import schedules
+from diffjax.core import schedules
+from diffjax.core.parameterizations import make_parameterization
 
-
-def _cfg(name, **kw):
-    from configs import base
-
-    cfg = base.get_config().diffusion
-    cfg.schedule = name
-    cfg.update(kw)
-    return cfg
+NAMES = schedules.SCHEDULES.names()
 
 
 def test_ddpm_linear_alpha_bar_at_T_is_4p036e_5():
     alpha_bar = schedules.alpha_bar_from_betas(schedules.linear_betas(1000, 1e-4, 0.02))
     assert alpha_bar[-1] == pytest.approx(4.036e-5, rel=1e-3)
-    sched = schedules.get_schedule(_cfg("linear"))
+    sched = schedules.make_schedule("linear")
     assert float(sched.alpha(1.0)) ** 2 == pytest.approx(4.036e-5, rel=1e-3)
 
 
@@ -40,32 +33,33 @@ def test_sigmoid_betas_are_increasing_within_range():
     assert np.all(np.diff(betas) > 0) and betas[0] > 1e-4 and betas[-1] < 0.02
 
 
-@pytest.mark.parametrize("name", schedules.SCHEDULES)
+@pytest.mark.parametrize("name", NAMES)
 def test_logsnr_is_strictly_decreasing(name):
-    sched = schedules.get_schedule(_cfg(name))
+    sched = schedules.make_schedule(name)
     t = jnp.linspace(1e-3, 1.0, 997)
     assert np.all(np.diff(np.asarray(sched.logsnr(t))) < 0)
 
 
 @pytest.mark.parametrize("name", ["linear", "cosine", "sigmoid", "vp_linear", "vp_cosine"])
 def test_vp_alpha_squared_plus_sigma_squared_is_one(name):
-    sched = schedules.get_schedule(_cfg(name))
+    sched = schedules.make_schedule(name)
     t = jnp.linspace(1e-3, 1.0, 101)
     np.testing.assert_allclose(sched.alpha(t) ** 2 + sched.sigma(t) ** 2, 1.0, atol=1e-6)
 
 
 @pytest.mark.parametrize("name", ["ve", "edm"])
 def test_ve_has_unit_alpha_and_hits_sigma_range(name):
-    sched = schedules.get_schedule(_cfg(name))
+    sched = schedules.make_schedule(name)
     np.testing.assert_allclose(sched.alpha(jnp.linspace(0, 1, 5)), 1.0)
-    cfg = _cfg(name)
-    assert float(sched.sigma(0.0)) == pytest.approx(cfg.sigma_min, rel=1e-4)
-    assert float(sched.sigma(1.0)) == pytest.approx(cfg.sigma_max, rel=1e-4)
+    assert float(sched.sigma(0.0)) == pytest.approx(sched.sigma_min, rel=1e-4)
+    assert float(sched.sigma(1.0)) == pytest.approx(sched.sigma_max, rel=1e-4)
+    wide = schedules.make_schedule(name, type(sched)(sigma_min=0.01, sigma_max=50.0))
+    assert float(wide.sigma(1.0)) == pytest.approx(50.0, rel=1e-4)
 
 
-@pytest.mark.parametrize("name", schedules.SCHEDULES)
+@pytest.mark.parametrize("name", NAMES)
 def test_t_from_logsnr_inverts_logsnr(name):
-    sched = schedules.get_schedule(_cfg(name))
+    sched = schedules.make_schedule(name)
     t = jnp.linspace(0.05, 0.95, 19)
     np.testing.assert_allclose(sched.t_from_logsnr(sched.logsnr(t)), t, atol=2e-4)
 
@@ -78,10 +72,17 @@ def test_vp_linear_matches_score_sde_marginal():
     np.testing.assert_allclose(sched.alpha(t), mean_coeff, rtol=1e-5)
 
 
-def test_discrete_noise_cond_is_the_ddpm_step_index():
-    sched = schedules.get_schedule(_cfg("linear"))
+@pytest.mark.parametrize("param", ["eps", "x0", "v", "edm"])
+def test_c_noise_is_the_ddpm_step_index_or_1000t(param):
+    """Every parameterization conditions the network on the DDPM step index i on discrete
+    schedules (t = (i + 1) / T) and on 1000 t on continuous ones (score_sde)."""
+    p = make_parameterization(param)
+    sched = schedules.make_schedule("linear")
     index = jnp.array([0, 1, 499, 999])
-    np.testing.assert_allclose(sched.noise_cond(sched.t_from_index(index)), index, atol=1e-3)
+    np.testing.assert_allclose(p.c_noise(sched, sched.t_from_index(index)), index, atol=1e-3)
+    t = jnp.array([0.001, 0.25, 1.0])
+    np.testing.assert_allclose(p.c_noise(schedules.make_schedule("vp_cosine"), t),
+                               [1.0, 250.0, 1000.0], rtol=1e-6)
 
 
 def test_edm_sigma_grid_matches_karras_eq5():
@@ -93,5 +94,9 @@ def test_edm_sigma_grid_matches_karras_eq5():
 
 
 def test_unknown_schedule_names_the_allowed_ones():
-    with pytest.raises(ValueError, match=r"schedule='quux' is unknown; allowed: linear, cosine"):
-        schedules.get_schedule(ml_collections.ConfigDict({"schedule": "quux"}))
+    with pytest.raises(ValueError, match=r"config.diffusion.schedule='quux' is unknown; allowed: "
+                                         r"linear, cosine"):
+        schedules.make_schedule("quux")
+    with pytest.raises(ValueError, match=r"beta_start=0.0001 is invalid: need 0 < beta_start < "
+                                         r"beta_end \(=2.0\) < 1"):
+        schedules.BetaRange(beta_end=2.0)

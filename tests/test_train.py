@@ -4,14 +4,15 @@ import jax
 import numpy as np
 import optax
 import pytest
-from conftest import run_steps, tiny_config
+from conftest import run_steps, tiny_config, train_run
 
-from diffjax import train, writers
+from diffjax import ema, settings, writers
+from diffjax.training import optim
 
 
 def test_one_device_and_eight_devices_give_the_same_training(data_dir):
     assert jax.device_count() == 8
-    config = tiny_config(data_dir, **{"model.dropout": 0.1})
+    config = tiny_config(data_dir, **{"model.unet.dropout": 0.1})
     _, state1, losses1 = run_steps(config, 3)
     config.mesh.num_devices = 8
     _, state8, losses8 = run_steps(config, 3)
@@ -27,17 +28,14 @@ def test_one_device_and_eight_devices_give_the_same_training(data_dir):
 
 def test_ema_decay_with_warmup():
     step = jax.numpy.arange(4)
-    np.testing.assert_allclose(train.ema_decay_at(step, 0.999, True), [0.1, 2 / 11, 3 / 12, 4 / 13],
+    np.testing.assert_allclose(ema.decay_at(step, 0.999, True), [0.1, 2 / 11, 3 / 12, 4 / 13],
                                rtol=1e-6)
-    np.testing.assert_allclose(train.ema_decay_at(step, 0.999, False), 0.999)
+    np.testing.assert_allclose(ema.decay_at(step, 0.999, False), 0.999)
 
 
 def test_learning_rate_warmup_then_cosine():
-    from configs import base
-
-    cfg = base.get_config().optim
-    cfg.lr, cfg.warmup_steps, cfg.decay = 1e-3, 10, "cosine"
-    lr = train.learning_rate_schedule(cfg, 110)
+    cfg = settings.OptimOptions(lr=1e-3, warmup_steps=10, decay="cosine")
+    lr = optim.learning_rate_schedule(cfg, 110)
     assert float(lr(0)) == 0.0
     assert float(lr(5)) == pytest.approx(5e-4)
     assert float(lr(10)) == pytest.approx(1e-3)
@@ -46,11 +44,8 @@ def test_learning_rate_warmup_then_cosine():
 
 
 def test_optimizer_clips_the_global_norm():
-    from configs import base
-
-    cfg = base.get_config().optim
-    cfg.grad_clip, cfg.lr, cfg.warmup_steps, cfg.name = 1.0, 1.0, 0, "adam"
-    tx, _ = train.build_optimizer(cfg, 10)
+    cfg = settings.OptimOptions(grad_clip=1.0, lr=1.0, warmup_steps=0, name="adam")
+    tx, _ = optim.build_optimizer(cfg, 10)
     grads = {"w": jax.numpy.full((4,), 10.0)}
     clipped, _ = optax.clip_by_global_norm(1.0).update(grads, None)
     assert float(optax.global_norm(clipped)) == pytest.approx(1.0)
@@ -61,11 +56,11 @@ def test_optimizer_clips_the_global_norm():
 def test_resume_is_exact(data_dir, tmp_path):
     """2N steps in one go == N steps, stop, restart, N more: bit-identical params and losses."""
     config = tiny_config(data_dir)
-    straight = train.train(config, str(tmp_path / "straight"))
+    straight = train_run(config, str(tmp_path / "straight"))
     config.training.num_steps = 2
-    train.train(config, str(tmp_path / "resumed"))
+    train_run(config, str(tmp_path / "resumed"))
     config.training.num_steps = 4
-    resumed = train.train(config, str(tmp_path / "resumed"))
+    resumed = train_run(config, str(tmp_path / "resumed"))
     assert int(resumed.step) == 4
     for a, b in zip(jax.tree.leaves(straight), jax.tree.leaves(resumed)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

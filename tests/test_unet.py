@@ -4,35 +4,26 @@ import functools
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 
-from diffjax.models import build_model, count_params, validate_unet_config
-from diffjax.models.unet import UNet
+from diffjax.models import NetworkSpec, UNetOptions, count_params, make_network
+from diffjax.models.unet import UNet, check_unet_fits
+from diffjax.options import from_mapping
 
 TINY = dict(ch=32, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(8,), dropout=0.1)
 TINY_SHAPE = (2, 16, 16, 1)
 
 
-def _model_cfg(**overrides) -> ml_collections.ConfigDict:
-    cfg = ml_collections.ConfigDict(
-        dict(
-            name="unet",
-            ch=128,
-            ch_mult=(1, 2, 2, 2),
-            num_res_blocks=2,
-            attn_resolutions=(16,),
-            dropout=0.1,
-            num_heads=1,
-            head_channels=-1,
-            resblock_updown=False,
-            use_scale_shift_norm=False,
-            class_conditional=False,
-        )
-    )
-    cfg.update(overrides)
-    return cfg
+def _build(image_shape=(16, 16, 1), num_classes=0, dtype="float32", **options):
+    """The registered 'unet' network (options: UNetOptions fields; default the DDPM CIFAR-10
+    U-Net) for inputs of image_shape."""
+    return make_network("unet", UNetOptions(**options), NetworkSpec(image_shape, num_classes,
+                                                                    dtype))
+
+
+def _check(options: dict, image_shape) -> None:
+    check_unet_fits(UNetOptions(**options), image_shape)
 
 
 def _random_params(model: UNet, shape=TINY_SHAPE, seed: int = 123):
@@ -66,13 +57,8 @@ def _inputs(shape=TINY_SHAPE):
 
 def test_ddpm_cifar10_param_count_matches_diffusers():
     # diffusers UNet2DModel, google/ddpm-cifar10-32 config: 35,746,307 parameters.
-    model = build_model(_model_cfg(), image_shape=(32, 32, 3))
-    shapes = jax.eval_shape(
-        lambda: model.init(
-            {"params": jax.random.PRNGKey(0)}, jnp.zeros((1, 32, 32, 3)), jnp.zeros((1,))
-        )
-    )
-    assert count_params(shapes["params"]) == 35_746_307
+    network = _build((32, 32, 3))
+    assert count_params(jax.eval_shape(network.init, jax.random.PRNGKey(0))) == 35_746_307
 
 
 def test_init_output_is_zero_as_in_adm():
@@ -133,43 +119,51 @@ def test_unconditional_model_rejects_labels():
         jax.eval_shape(model.init, jax.random.PRNGKey(0), x, t, jnp.zeros((2,), jnp.int32))
 
 
-def test_build_model_class_conditional_uses_dataset_classes():
-    model = build_model(_model_cfg(**TINY, class_conditional=True), (16, 16, 1), num_classes=7)
-    assert model.num_classes == 7 and model.out_channels == 1
-    model = build_model(_model_cfg(**TINY), (16, 16, 1), num_classes=7)
-    assert model.num_classes == 0
-    with pytest.raises(ValueError, match="class_conditional.*num_classes=0"):
-        build_model(_model_cfg(**TINY, class_conditional=True), (16, 16, 1), num_classes=0)
+def test_the_network_embeds_the_classes_the_conditioning_feeds():
+    network = _build((16, 16, 1), num_classes=7, **TINY)
+    assert network.module.num_classes == 7 and network.out_channels == 1
+    assert _build((16, 16, 1), **TINY).module.num_classes == 0
+    from diffjax.conditioning import make_conditioning
+
+    with pytest.raises(ValueError, match=r"config.conditioning.name='class_label' needs a "
+                                         r"labelled dataset"):
+        make_conditioning("class_label", None, num_classes=0)
 
 
-def test_build_model_accepts_lists():
-    cfg = _model_cfg(**{**TINY, "ch_mult": [1, 2], "attn_resolutions": [8]})
-    model = build_model(cfg, (16, 16, 1))
-    assert model.ch_mult == (1, 2) and model.attn_resolutions == (8,)
+def test_options_from_a_config_section_accept_lists():
+    options = from_mapping(UNetOptions, {**TINY, "ch_mult": [1, 2], "attn_resolutions": [8]},
+                           "model.unet")
+    assert options.ch_mult == (1, 2) and options.attn_resolutions == (8,)
+    assert _build((16, 16, 1), **vars(options)).module.ch_mult == (1, 2)
+    with pytest.raises(ValueError, match=r"config.model.unet has no field 'chh'; its fields are: "
+                                         r"attn_resolutions, ch, ch_mult"):
+        from_mapping(UNetOptions, {"chh": 3}, "model.unet")
 
 
 def test_validate_rejects_image_size_not_divisible_by_levels():
     # 28 -> 14 -> 7 -> 3.5: four levels need sizes divisible by 8.
     with pytest.raises(ValueError, match=r"ch_mult.*28.*3\.5") as info:
-        validate_unet_config(_model_cfg(), (28, 28, 1))
+        _check({}, (28, 28, 1))
     assert "multiples of 8" in str(info.value)
 
 
 def test_validate_rejects_attn_resolution_that_never_occurs():
-    cfg = _model_cfg(**{**TINY, "attn_resolutions": (3,)})
     with pytest.raises(ValueError, match=r"attn_resolutions.*3.*\[16, 8\]"):
-        validate_unet_config(cfg, (16, 16, 1))
+        _check({**TINY, "attn_resolutions": (3,)}, (16, 16, 1))
 
 
-def test_build_model_rejects_unknown_compute_dtype():
+def test_unknown_compute_dtype_is_rejected():
+    from diffjax.settings import TrainingOptions
+
     with pytest.raises(ValueError, match=r"compute_dtype='float16' is unknown; allowed: float32, "
                        r"bfloat16"):
-        build_model(_model_cfg(**TINY), (16, 16, 1), dtype="float16")
+        TrainingOptions(compute_dtype="float16")
 
 
-def test_validate_rejects_unknown_name():
-    with pytest.raises(ValueError, match=r"name='transformer'.*allowed.*'unet'"):
-        validate_unet_config(_model_cfg(name="transformer"), (32, 32, 3))
+def test_unknown_network_name_lists_the_registered_ones():
+    with pytest.raises(ValueError, match=r"config.model.name='transformer' is unknown; allowed: "
+                                         r"unet"):
+        make_network("transformer", None, NetworkSpec((32, 32, 3)))
 
 
 @pytest.mark.parametrize(
@@ -179,12 +173,12 @@ def test_validate_rejects_unknown_name():
         (dict(num_heads=3), (32, 32, 3), r"num_heads=3.*256"),
         (dict(head_channels=48), (32, 32, 3), r"head_channels=48"),
         (dict(dropout=1.0), (32, 32, 3), r"dropout=1\.0.*\[0, 1\)"),
-        (dict(), (32, 16, 3), r"not square"),
+        (dict(), (32, 16, 3), r"not square|square inputs"),
     ],
 )
 def test_validate_rejects_bad_values(overrides, image_shape, pattern):
     with pytest.raises(ValueError, match=pattern):
-        validate_unet_config(_model_cfg(**overrides), image_shape)
+        _check(overrides, image_shape)
 
 
 def test_adm_options_forward():
@@ -205,7 +199,7 @@ def test_adm_options_forward():
 
 
 def test_bfloat16_compute_keeps_float32_params_and_output():
-    model = build_model(_model_cfg(**TINY), (16, 16, 1), dtype="bfloat16")
+    model = _build((16, 16, 1), dtype="bfloat16", **TINY).module
     x, t = _inputs()
     param_shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), x, t)["params"]
     assert all(p.dtype == jnp.float32 for p in jax.tree_util.tree_leaves(param_shapes))

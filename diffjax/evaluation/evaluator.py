@@ -1,4 +1,5 @@
-"""Scores a generator against the training set with the metrics config.eval asks for."""
+"""Scores generated images against the training set with the metric plug-ins config.eval.metrics
+names (diffjax.evaluation.scores)."""
 
 from __future__ import annotations
 
@@ -16,17 +17,18 @@ NO_HEAD = (
 
 
 class Evaluator:
-    """Holds the FID Inception (config.eval.weights, .preprocessing, .batch_size) on a mesh and
-    the reference statistics of config.data (computed or read from the cache on first use)."""
+    """Holds the FID Inception (eval_options.weights, .preprocessing, .batch_size) on a mesh, the
+    metric plug-ins {name: Metric} and the reference statistics of the data (computed or read
+    from the cache on first use)."""
 
-    def __init__(self, config, mesh):
-        self.config, self.eval_cfg = config, config.eval
-        params, self.weights_name = weights.load_weights(self.eval_cfg.weights)
+    def __init__(self, eval_options, data_options, metric_plugins: dict, mesh):
+        self.eval_options, self.data_options = eval_options, data_options
+        self.metrics = dict(metric_plugins)
+        params, self.weights_name = weights.load_weights(eval_options.weights)
         self.extractor = features.InceptionExtractor(
-            params, mesh, self.eval_cfg.batch_size, self.eval_cfg.preprocessing
+            params, mesh, eval_options.batch_size, eval_options.preprocessing
         )
         self._reference: dict | None = None
-        self._frechet: metrics.FrechetReference | None = None
 
     @property
     def has_head(self) -> bool:
@@ -37,18 +39,21 @@ class Evaluator:
     def reference(self) -> dict:
         if self._reference is None:
             self._reference = reference.reference_statistics(
-                self.config, self.extractor, self.weights_name
+                self.data_options, self.eval_options, self.extractor, self.weights_name
             )
         return self._reference
 
-    def score(self, image_batches: Iterable[np.ndarray], full: bool = True) -> dict:
-        """Metrics of generated uint8 [n, H, W, C] batches against the reference.
+    def _usable(self, names) -> dict:
+        """The metrics of `names` that these weights can compute (IS needs the fc head)."""
+        return {n: self.metrics[n] for n in names
+                if not (self.metrics[n].needs_logits and not self.has_head)}
 
-        full=False: FID only (training-time); else also KID, IS and precision/recall as
-        config.eval enables them (IS only when the weights hold the fc head)."""
-        ev, ref = self.eval_cfg, self.reference
-        keep = full and (ev.kid or ev.precision_recall)
-        want_logits = full and ev.inception_score and self.has_head
+    def score(self, image_batches: Iterable[np.ndarray], names=None) -> dict:
+        """Metrics of generated uint8 [n, H, W, C] batches against the reference. names: the
+        metrics to compute (None: all of config.eval.metrics), e.g. ('fid',) during training."""
+        chosen = self._usable(self.metrics if names is None else names)
+        keep = any(m.needs_features for m in chosen.values())
+        want_logits = any(m.needs_logits for m in chosen.values())
         stats, pool3, logits = metrics.FeatureStats(), [], []
         start = time.time()
         for out in self.extractor.iter_batches(image_batches):
@@ -57,35 +62,31 @@ class Evaluator:
                 pool3.append(out["pool3"])
             if want_logits:
                 logits.append(out["logits_unbiased"])
-        if self._frechet is None:
-            self._frechet = metrics.FrechetReference(ref["mu"], ref["sigma"])
-        result = {"num_samples": stats.num, "fid": self._frechet.distance(stats.mu, stats.sigma)}
+        generated = {"mu": stats.mu, "sigma": stats.sigma, "num_samples": stats.num}
         if keep:
-            generated = np.concatenate(pool3)
-            if ev.kid:
-                result.update(
-                    metrics.kernel_inception_distance(
-                        generated, ref["features"], ev.kid_subsets, ev.kid_subset_size
-                    )
-                )
-            if ev.precision_recall:
-                result.update(metrics.precision_recall(ref["features"], generated, ev.pr_k))
+            generated["features"] = np.concatenate(pool3)
         if want_logits:
-            result.update(metrics.inception_score(np.concatenate(logits), ev.is_splits))
+            generated["logits"] = np.concatenate(logits)
+        result = {"num_samples": stats.num}
+        for metric in chosen.values():
+            result.update(metric.score(generated, self.reference))
         result["seconds"] = time.time() - start  # sampling, features and metrics
         return result
 
     def describe(self) -> dict:
         """What the numbers were computed with, for the result files."""
-        ref = self.reference
+        ref, d = self.reference, self.data_options
+        wants_is = any(m.needs_logits for m in self.metrics.values())
         return {
             "weights": self.weights_name,
-            "preprocessing": self.eval_cfg.preprocessing,
-            "inception_score": "computed" if self.has_head else NO_HEAD,
+            "preprocessing": self.eval_options.preprocessing,
+            "metrics": list(self.metrics),
+            "inception_score": ("computed" if self.has_head else NO_HEAD) if wants_is
+            else "not requested",
             "reference": {
-                "dataset": self.config.data.name,
-                "split": self.config.data.split,
-                "image_size": self.config.data.image_size,
+                "dataset": d.name,
+                "split": d.split,
+                "image_size": d.image_size,
                 "num_images": int(ref["num_images"]),
                 "path": ref["path"],
             },

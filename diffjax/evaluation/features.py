@@ -9,6 +9,7 @@ import jax
 import numpy as np
 
 from diffjax import parallel
+from diffjax.errors import DataError
 from diffjax.evaluation import inception
 
 
@@ -36,22 +37,22 @@ def check_images(images: np.ndarray, name: str = "images") -> np.ndarray:
     ToTensor range; a diffjax model's [-1, 1] output is (x + 1) / 2). Any H, W >= 2."""
     images = np.asarray(images)
     if images.ndim != 4 or images.shape[-1] not in (1, 3):
-        raise ValueError(
+        raise DataError(
             f"{name} must be [N, H, W, C] (NHWC) with C in (1, 3); got shape {images.shape}"
         )
     if images.shape[0] == 0:
-        raise ValueError(f"{name} is empty (shape {images.shape})")
+        raise DataError(f"{name} is empty (shape {images.shape})")
     if min(images.shape[1:3]) < 2:
-        raise ValueError(f"{name} must be at least 2x2 pixels; got shape {images.shape}")
+        raise DataError(f"{name} must be at least 2x2 pixels; got shape {images.shape}")
     if images.dtype == np.uint8:
         return images
     if not np.issubdtype(images.dtype, np.floating):
-        raise ValueError(
+        raise DataError(
             f"{name} has dtype {images.dtype}; allowed: uint8 in [0, 255] or float in [0, 1]"
         )
     lo, hi = float(np.min(images)), float(np.max(images))
     if not (np.isfinite(lo) and np.isfinite(hi)) or lo < -1e-6 or hi > 1 + 1e-6:
-        raise ValueError(
+        raise DataError(
             f"float {name} must lie in [0, 1]; got values in [{lo}, {hi}] "
             f"(for [-1, 1] images pass (x + 1) / 2, or uint8)"
         )
@@ -70,12 +71,12 @@ class InceptionExtractor:
         self, params: dict, mesh=None, batch_size: int = 100, preprocessing: str = "pytorch_fid"
     ):
         if preprocessing not in inception.PREPROCESSING:
-            raise ValueError(
+            raise DataError(
                 f"preprocessing={preprocessing!r} is unknown; allowed: "
                 f"{', '.join(inception.PREPROCESSING)}"
             )
         if batch_size < 1:
-            raise ValueError(f"batch_size={batch_size} must be >= 1")
+            raise DataError(f"batch_size={batch_size} must be >= 1")
         self.mesh = mesh if mesh is not None else parallel.make_mesh(-1)
         self.preprocessing = preprocessing
         self.has_head = "fc_kernel" in params["params"]
@@ -94,7 +95,7 @@ class InceptionExtractor:
         images = check_images(images)
         n = len(images)
         if n > self.batch_size:
-            raise ValueError(f"{n} images exceed the batch size {self.batch_size}")
+            raise DataError(f"{n} images exceed the batch size {self.batch_size}")
         padded = np.zeros((self.batch_size, *images.shape[1:]), images.dtype)
         padded[:n] = images
         x = self._preprocess(self._global(padded))
@@ -113,5 +114,5 @@ class InceptionExtractor:
             images = [check_images(images)]
         parts = list(self.iter_batches(images))
         if not parts:
-            raise ValueError("no images to extract features from")
+            raise DataError("no images to extract features from")
         return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}

@@ -11,32 +11,30 @@ from __future__ import annotations
 import json
 import logging
 import os
+from typing import Callable
 
 import jax
 
 
 class PeriodicFID:
-    """Call with (step, ema_params) after each train step; does work only every `every_steps`.
+    """Call with (step, ema_params) after each train step; does work only every
+    eval_options.every_steps. make_evaluator() -> Evaluator is called on the first evaluation,
+    which loads the Inception and the reference statistics."""
 
-    The Inception and the reference statistics are loaded on the first evaluation."""
-
-    def __init__(self, config, mesh, generator, workdir: str):
-        self.config, self.mesh, self.generator, self.workdir = config, mesh, generator, workdir
-        self.every = config.eval.every_steps
-        self.num_samples = config.eval.train_num_samples
+    def __init__(self, eval_options, make_evaluator: Callable, generator, workdir: str):
+        self.generator, self.workdir, self.make_evaluator = generator, workdir, make_evaluator
+        self.every = eval_options.every_steps
+        self.num_samples = eval_options.train_num_samples
+        self.seed = eval_options.seed
         self._evaluator = None
 
     def __call__(self, step: int, ema_params) -> float | None:
         if not self.every or step % self.every:
             return None
-        from diffjax.evaluation.evaluator import Evaluator
-
         if self._evaluator is None:
-            self._evaluator = Evaluator(self.config, self.mesh)
-        batches = self.generator.iter_samples(
-            ema_params, self.num_samples, seed=self.config.eval.seed
-        )
-        result = self._evaluator.score(batches, full=False)
+            self._evaluator = self.make_evaluator()
+        batches = self.generator.iter_samples(ema_params, self.num_samples, seed=self.seed)
+        result = self._evaluator.score(batches, names=("fid",))
         fid, n = result["fid"], self.num_samples
         if jax.process_index() == 0:
             message = (

@@ -1,8 +1,8 @@
 """Reference statistics of a training set: computed once per dataset, split, resolution,
 preprocessing and weights, then cached as .npz (mu, sigma, features, num_images).
 
-Cache location: config.eval.reference_dir, or '' -> `<TFDS data dir>/diffjax_fid_stats/`
-(the data dir of diffjax.data.default_data_dir: config.data.data_dir, $DIFFJAX_DATA_DIR or
+Cache location: eval_options.reference_dir, or '' -> `<TFDS data dir>/diffjax_fid_stats/`
+(the data dir of diffjax.data.default_data_dir: data_options.data_dir, $DIFFJAX_DATA_DIR or
 ~/tensorflow_datasets), so the statistics live next to the data they describe and are shared by
 every run that reads it.
 """
@@ -18,30 +18,33 @@ import jax
 import numpy as np
 
 from diffjax import data
+from diffjax.errors import DataError
 from diffjax.evaluation import metrics, stats_io
 
 CACHE_SUBDIR = "diffjax_fid_stats"
 
 
-def cache_dir(config) -> str:
+def cache_dir(data_options, eval_options) -> str:
     """Where reference statistics are cached (see the module docstring)."""
-    if config.eval.reference_dir:
-        return os.path.abspath(os.path.expanduser(config.eval.reference_dir))
-    return os.path.join(data.default_data_dir(config.data.data_dir), CACHE_SUBDIR)
+    if eval_options.reference_dir:
+        return os.path.abspath(os.path.expanduser(eval_options.reference_dir))
+    return os.path.join(data.default_data_dir(data_options.data_dir), CACHE_SUBDIR)
 
 
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9.]+", "_", text.replace("%", "pct")).strip("_")
 
 
-def cache_path(config, image_shape, weights_name: str, num_images: int, version: str) -> str:
+def cache_path(data_options, eval_options, image_shape, weights_name: str, num_images: int,
+               version: str) -> str:
     """<cache_dir>/<dataset>-<version>_<split>_<H>x<W>x<C>_<preprocessing>_<weights>_n<N>.npz"""
     h, w, c = image_shape
     name = (
-        f"{_slug(config.data.name)}-{version}_{_slug(config.data.split)}_{h}x{w}x{c}_"
-        f"{config.eval.preprocessing}_{_slug(os.path.splitext(weights_name)[0])}_n{num_images}.npz"
+        f"{_slug(data_options.name)}-{version}_{_slug(data_options.split)}_{h}x{w}x{c}_"
+        f"{eval_options.preprocessing}_{_slug(os.path.splitext(weights_name)[0])}_n{num_images}"
+        ".npz"
     )
-    return os.path.join(cache_dir(config), name)
+    return os.path.join(cache_dir(data_options, eval_options), name)
 
 
 def _image_batches(
@@ -70,24 +73,23 @@ def _all_processes(flag: bool) -> bool:
     return bool(np.min(multihost_utils.process_allgather(np.int32(flag))))
 
 
-def reference_statistics(config, extractor, weights_name: str) -> dict:
+def reference_statistics(data_options, eval_options, extractor, weights_name: str) -> dict:
     """{'mu': [2048] float64, 'sigma': [2048, 2048] float64, 'features': [N, 2048] float32,
-    'num_images': N, 'path': cache file} of config.data's split at config.data.image_size.
+    'num_images': N, 'path': cache file} of data_options' split at its image_size.
 
     Reads the cache when present; otherwise extracts the features (on all devices) and writes the
-    cache from process 0. config.eval.reference_num_images: 0 -> the whole split."""
-    source, info = data.load_source(config.data.name, config.data.split, config.data.data_dir)
-    limit = config.eval.reference_num_images
+    cache from process 0. eval_options.reference_num_images: 0 -> the whole split."""
+    d = data_options
+    source, info = data.load_source(d.name, d.split, d.data_dir)
+    limit = eval_options.reference_num_images
     num_images = len(source) if limit <= 0 else min(limit, len(source))
     if num_images < 2:
-        raise ValueError(
-            f"config.data.split={config.data.split!r} has {len(source)} images; "
+        raise DataError(
+            f"config.data.split={d.split!r} has {len(source)} images; "
             f"reference statistics need at least 2"
         )
-    image_shape, _ = data.dataset_spec(
-        config.data.name, config.data.data_dir, config.data.image_size
-    )
-    path = cache_path(config, image_shape, weights_name, num_images, str(info.version))
+    image_shape, _ = data.dataset_spec(d.name, d.data_dir, d.image_size)
+    path = cache_path(d, eval_options, image_shape, weights_name, num_images, str(info.version))
     stored = stats_io.load_npz(path) if os.path.isfile(path) else None
     usable = stored is not None and len(stored.get("features", ())) == num_images
     if stored is not None and not usable:
@@ -95,10 +97,10 @@ def reference_statistics(config, extractor, weights_name: str) -> dict:
     if _all_processes(usable):  # else every process computes: the extraction is collective
         return {**stored, "num_images": num_images, "path": path}
     if jax.process_index() == 0:
-        print(f"computing reference statistics of {config.data.name} {config.data.split} "
+        print(f"computing reference statistics of {d.name} {d.split} "
               f"({num_images} images) into {path}", flush=True)
     stats, features = metrics.FeatureStats(), []
-    batches = _image_batches(source, num_images, config.data.image_size, extractor.batch_size)
+    batches = _image_batches(source, num_images, d.image_size, extractor.batch_size)
     for out in extractor.iter_batches(batches):
         stats.update(out["pool3"])
         features.append(out["pool3"])

@@ -12,6 +12,8 @@ from typing import Iterator
 
 import numpy as np
 
+from diffjax.errors import DataError
+
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 
 
@@ -29,7 +31,7 @@ class ImageSet:
                 if f.lower().endswith(IMAGE_EXTENSIONS)
             )
             if not self.files:
-                raise ValueError(
+                raise DataError(
                     f"{path} holds no images (looked for {', '.join(IMAGE_EXTENSIONS)})"
                 )
         else:
@@ -51,7 +53,7 @@ class ImageSet:
                 batch.append(read_image(f))
                 shape = shape or batch[-1].shape
                 if batch[-1].shape != shape:
-                    raise ValueError(
+                    raise DataError(
                         f"{f} has shape {batch[-1].shape} but {self.files[0]} has "
                         f"{shape}; the images of a folder must share one size and "
                         f"channel count"
@@ -73,7 +75,7 @@ def load_npz(path: str) -> dict[str, np.ndarray]:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path} is neither a folder of images nor a .npz file")
     if not path.endswith(".npz"):
-        raise ValueError(
+        raise DataError(
             f"{path}: expected a folder of {'/'.join(IMAGE_EXTENSIONS)} images or a .npz file"
         )
     with np.load(path) as f:
@@ -85,18 +87,18 @@ def load_npz(path: str) -> dict[str, np.ndarray]:
             return out
         key = "images" if "images" in keys else "arr_0" if "arr_0" in keys else None
         if key is None:
-            raise ValueError(
+            raise DataError(
                 f"{path} has keys {sorted(keys)}; expected uint8 'images' [N, H, W, C] "
                 f"or statistics 'mu' and 'sigma'"
             )
         images = f[key]
     if images.ndim != 4 or images.shape[-1] not in (1, 3) or images.dtype != np.uint8:
-        raise ValueError(
+        raise DataError(
             f"{path}: '{key}' must be uint8 [N, H, W, C] (NHWC) with C in (1, 3); got "
             f"{images.dtype} {images.shape}"
         )
     if len(images) == 0:
-        raise ValueError(f"{path}: '{key}' holds no images")
+        raise DataError(f"{path}: '{key}' holds no images")
     return {"images": images}
 
 

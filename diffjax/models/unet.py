@@ -6,12 +6,17 @@ normalisation (FiLM scale/shift from the time embedding). Layer shapes match dif
 `UNet2DModel`, so DDPM CIFAR-10 has exactly 35,746,307 parameters.
 """
 
+import dataclasses
 import math
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from diffjax.models.network import DTYPES, LinenNetwork, NetworkSpec
+from diffjax.models.registry import NETWORKS
+from diffjax.options import OptionError, check, int_tuple
 
 NORM_GROUPS = 32
 NORM_EPS = 1e-5  # PyTorch GroupNorm default, as in DDPM/ADM/diffusers.
@@ -186,12 +191,24 @@ class UNet(nn.Module):
         labels: [B] int32 in [0, num_classes], or None for the null label (num_classes).
         Returns [B, H, W, out_channels] float32.
         """
-        batch = x.shape[0]
+        temb = self._embedding(noise_cond, labels, x.shape[0])
+        h = _conv(self.ch, 3, self.dtype, name="conv_in")(x.astype(self.dtype))
+        h, skips = self._down(h, temb, train)
+        channels = h.shape[-1]
+        h = self._res(channels, "mid_res0")(h, temb, train)
+        h = self._attn(channels, "mid_attn")(h)
+        h = self._res(channels, "mid_res1")(h, temb, train)
+        h = self._up(h, skips, temb, train)
+        h = nn.swish(_group_norm(self.dtype, "norm_out")(h))
+        h = _conv(self.out_channels, 3, self.dtype, zero_init=True, name="conv_out")(h)
+        return h.astype(jnp.float32)
+
+    def _embedding(self, noise_cond, labels, batch: int) -> jax.Array:
+        """Time embedding (DDPM App. B): sinusoid(ch) -> Dense(4ch) -> swish -> Dense(4ch),
+        plus the class embedding (num_classes + 1 rows, the last the null label). [B, 4 ch]."""
         noise_cond = jnp.broadcast_to(jnp.asarray(noise_cond, jnp.float32), (batch,))
         temb_dim = 4 * self.ch
         dense = dict(dtype=self.dtype, param_dtype=jnp.float32)
-
-        # Time embedding (DDPM App. B): sinusoid(ch) -> Dense(4ch) -> swish -> Dense(4ch).
         temb = sinusoidal_embedding(noise_cond, self.ch)
         temb = nn.Dense(temb_dim, name="temb_dense0", **dense)(temb)
         temb = nn.Dense(temb_dim, name="temb_dense1", **dense)(nn.swish(temb))
@@ -203,63 +220,142 @@ class UNet(nn.Module):
             )
         elif labels is not None:
             raise ValueError("labels were given but the UNet is unconditional (num_classes=0)")
+        return temb
 
-        def res_block(out_channels: int, name: str, up: bool = False, down: bool = False):
-            return ResBlock(
-                out_channels,
-                self.dropout,
-                use_scale_shift_norm=self.use_scale_shift_norm,
-                up=up,
-                down=down,
-                dtype=self.dtype,
-                name=name,
-            )
+    def _res(self, out_channels: int, name: str, up: bool = False, down: bool = False):
+        return ResBlock(out_channels, self.dropout, use_scale_shift_norm=self.use_scale_shift_norm,
+                        up=up, down=down, dtype=self.dtype, name=name)
 
-        def attn_block(channels: int, name: str):
-            return AttnBlock(self._heads(channels), dtype=self.dtype, name=name)
+    def _attn(self, channels: int, name: str):
+        return AttnBlock(self._heads(channels), dtype=self.dtype, name=name)
 
-        num_levels = len(self.ch_mult)
-        h = _conv(self.ch, 3, self.dtype, name="conv_in")(x.astype(self.dtype))
+    def _down(self, h, temb, train: bool):
+        """The down path: (h at the lowest resolution, the skip connections)."""
         skips = [h]
-
-        # Down path.
         for level, mult in enumerate(self.ch_mult):
             channels = self.ch * mult
             for i in range(self.num_res_blocks):
-                h = res_block(channels, f"down{level}_res{i}")(h, temb, train)
+                h = self._res(channels, f"down{level}_res{i}")(h, temb, train)
                 if h.shape[1] in self.attn_resolutions:
-                    h = attn_block(channels, f"down{level}_attn{i}")(h)
+                    h = self._attn(channels, f"down{level}_attn{i}")(h)
                 skips.append(h)
-            if level != num_levels - 1:
+            if level != len(self.ch_mult) - 1:
                 if self.resblock_updown:
-                    h = res_block(channels, f"down{level}_downsample", down=True)(h, temb, train)
+                    h = self._res(channels, f"down{level}_downsample", down=True)(h, temb, train)
                 else:
                     h = _conv(channels, 3, self.dtype, stride=2, name=f"down{level}_downsample")(h)
                 skips.append(h)
+        return h, skips
 
-        # Middle.
-        channels = h.shape[-1]
-        h = res_block(channels, "mid_res0")(h, temb, train)
-        h = attn_block(channels, "mid_attn")(h)
-        h = res_block(channels, "mid_res1")(h, temb, train)
-
-        # Up path: num_res_blocks + 1 blocks per level, each consuming one skip connection.
-        for level in reversed(range(num_levels)):
+    def _up(self, h, skips: list, temb, train: bool):
+        """The up path: num_res_blocks + 1 blocks per level, each consuming one skip."""
+        for level in reversed(range(len(self.ch_mult))):
             channels = self.ch * self.ch_mult[level]
             for i in range(self.num_res_blocks + 1):
                 h = jnp.concatenate([h, skips.pop()], axis=-1)
-                h = res_block(channels, f"up{level}_res{i}")(h, temb, train)
+                h = self._res(channels, f"up{level}_res{i}")(h, temb, train)
                 if h.shape[1] in self.attn_resolutions:
-                    h = attn_block(channels, f"up{level}_attn{i}")(h)
+                    h = self._attn(channels, f"up{level}_attn{i}")(h)
             if level != 0:
                 if self.resblock_updown:
-                    h = res_block(channels, f"up{level}_upsample", up=True)(h, temb, train)
+                    h = self._res(channels, f"up{level}_upsample", up=True)(h, temb, train)
                 else:
                     h = _conv(channels, 3, self.dtype, name=f"up{level}_upsample")(
                         _upsample_nearest(h)
                     )
         assert not skips, f"{len(skips)} unused skip connections"
+        return h
 
-        h = nn.swish(_group_norm(self.dtype, "norm_out")(h))
-        h = _conv(self.out_channels, 3, self.dtype, zero_init=True, name="conv_out")(h)
-        return h.astype(jnp.float32)
+
+# ---------------------------------------------------------------------------------------------
+# Options (config.model.unet) and the registered factory.
+
+
+@dataclasses.dataclass(frozen=True)
+class UNetOptions:
+    """ch: base channels (a multiple of the 32 GroupNorm groups); ch_mult: channels per level
+    (each level but the last halves the image); num_res_blocks per level; attn_resolutions: the
+    heights with self-attention; num_heads, or head_channels > 0 (heads = channels //
+    head_channels, ADM); resblock_updown and use_scale_shift_norm: ADM's options."""
+
+    ch: int = 128
+    ch_mult: tuple[int, ...] = (1, 2, 2, 2)
+    num_res_blocks: int = 2
+    attn_resolutions: tuple[int, ...] = (16,)
+    dropout: float = 0.1
+    num_heads: int = 1
+    head_channels: int = -1
+    resblock_updown: bool = False
+    use_scale_shift_norm: bool = False
+
+    def __post_init__(self):
+        check(isinstance(self.ch, int) and self.ch > 0 and not self.ch % NORM_GROUPS, "ch",
+              self.ch, f"must be a positive multiple of {NORM_GROUPS} (GroupNorm uses "
+              f"{NORM_GROUPS} groups), e.g. 64, 128, 192, 256")
+        ch_mult = int_tuple("ch_mult", self.ch_mult)
+        check(bool(ch_mult) and all(m >= 1 for m in ch_mult), "ch_mult", ch_mult,
+              "must be a non-empty tuple of ints >= 1")
+        int_tuple("attn_resolutions", self.attn_resolutions)
+        check(isinstance(self.num_res_blocks, int) and self.num_res_blocks >= 1,
+              "num_res_blocks", self.num_res_blocks, "must be an int >= 1")
+        for key in ("num_heads", "head_channels"):
+            check(isinstance(getattr(self, key), int), key, getattr(self, key), "must be an int")
+        check(self.head_channels > 0 or self.num_heads >= 1, "num_heads", self.num_heads,
+              "must be >= 1 when head_channels <= 0")
+        check(isinstance(self.dropout, (int, float)) and 0.0 <= self.dropout < 1.0, "dropout",
+              self.dropout, "must be in [0, 1)")
+
+
+def check_unet_fits(options: UNetOptions, x_shape: tuple[int, int, int]) -> None:
+    """Checks the U-Net's levels and attention against the input shape (H, W, C); raises
+    OptionError naming the field."""
+    height, width, _ = x_shape
+    if height != width:
+        raise OptionError("ch_mult", options.ch_mult, f"needs square inputs: x has shape "
+                          f"{tuple(x_shape)}; the U-Net's attn_resolutions are heights")
+    levels = len(options.ch_mult)
+    factor = 2 ** (levels - 1)
+    sizes = [height / 2**level for level in range(levels)]
+    if height % factor:
+        shown = " -> ".join(f"{s:g}" for s in sizes)
+        raise OptionError(
+            "ch_mult", options.ch_mult, f"has {levels} levels, so the image is halved "
+            f"{levels - 1} times and its size must be divisible by 2**{levels - 1}={factor}; "
+            f"image size {height} would give level sizes {shown}. Allowed image sizes are "
+            f"multiples of {factor} ({', '.join(str(factor * k) for k in range(1, 5))}, ...); "
+            f"otherwise use fewer levels in ch_mult")
+    level_sizes = [int(s) for s in sizes]
+    for res in options.attn_resolutions:
+        check(res in level_sizes, "attn_resolutions", tuple(options.attn_resolutions),
+              f"contains {res}, which never occurs for {height}x{width} images with ch_mult="
+              f"{tuple(options.ch_mult)}; the level resolutions are {level_sizes}")
+    # The middle block always has attention, at the last level's channels.
+    attn_channels = {options.ch * options.ch_mult[-1]} | {
+        options.ch * mult for mult, size in zip(options.ch_mult, level_sizes, strict=True)
+        if size in options.attn_resolutions}
+    for channels in sorted(attn_channels):
+        if options.head_channels > 0:
+            check(not channels % options.head_channels, "head_channels", options.head_channels,
+                  f"does not divide the {channels} channels of an attention layer (attention "
+                  f"channels: {sorted(attn_channels)})")
+        else:
+            check(not channels % options.num_heads, "num_heads", options.num_heads,
+                  f"does not divide the {channels} channels of an attention layer (attention "
+                  f"channels: {sorted(attn_channels)})")
+
+
+@NETWORKS.register("unet", options=UNetOptions)
+def build_unet(options: UNetOptions, spec: NetworkSpec) -> LinenNetwork:
+    """The DDPM/ADM U-Net for inputs of spec.x_shape, predicting as many channels, with a class
+    embedding (num_classes + 1 rows, the last the null label) when spec.num_classes > 0."""
+    check_unet_fits(options, spec.x_shape)
+    module = UNet(out_channels=spec.x_shape[-1], ch=options.ch,
+                  ch_mult=tuple(options.ch_mult), num_res_blocks=options.num_res_blocks,
+                  attn_resolutions=tuple(options.attn_resolutions),
+                  dropout=float(options.dropout), num_heads=options.num_heads,
+                  head_channels=options.head_channels, num_classes=spec.num_classes,
+                  resblock_updown=bool(options.resblock_updown),
+                  use_scale_shift_norm=bool(options.use_scale_shift_norm),
+                  dtype=DTYPES[spec.compute_dtype])
+    return LinenNetwork(module=module, x_shape=tuple(spec.x_shape),
+                        out_channels=spec.x_shape[-1])

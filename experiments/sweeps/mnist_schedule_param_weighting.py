@@ -14,7 +14,7 @@ BASE_CONFIG = "configs/default.py"
 GRID = {
     "diffusion.schedule": ["linear", "cosine"],
     "diffusion.parameterization": ["eps", "v"],
-    "diffusion.weighting": ["simple", "min_snr"],
+    "objective.denoising.weighting": ["simple", "min_snr"],
 }
 SEEDS = [0]
 

@@ -1,0 +1,224 @@
+"""What the network's output means: eps, x0, v or EDM's F, as objects that own the network's
+input scale c_in, its noise conditioning c_noise and the skip/output scales c_skip, c_out.
+
+Forward process: x_t = alpha x_0 + sigma eps. Every parameterization writes the denoised
+estimate as x0_hat = c_skip x_t + c_out F(c_in x_t, c_noise), where F is the network:
+  eps: F predicts the noise;  x0: the clean image;  v = alpha eps - sigma x0 (Salimans & Ho 2022);
+  edm: F of the EDM preconditioning (Karras et al. 2022, Table 1) at the VE-equivalent noise level
+       s = sigma / alpha acting on x_t / alpha, so it works on VP schedules too
+       (x_t / alpha = x0 + (sigma / alpha) eps).
+c_noise is today's conditioning for every parameterization: the step index t T - 1 on discrete
+schedules, 1000 t on continuous ones (score_sde).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, ClassVar
+
+import jax.numpy as jnp
+
+from diffjax.registry import Registry
+
+# Picked by config.diffusion.parameterization; sigma_data is config.diffusion.sigma_data.
+PARAMETERIZATIONS = Registry("parameterization", "diffusion.parameterization", "diffusion")
+
+
+def bcast(coef, x):
+    """[B] -> [B, 1, 1, 1] to broadcast against images."""
+    coef = jnp.asarray(coef, x.dtype)
+    return coef.reshape(coef.shape + (1,) * (x.ndim - coef.ndim))
+
+
+def _f32(*values):
+    return tuple(jnp.asarray(v, jnp.float32) for v in values)
+
+
+# ---------------------------------------------------------------------------------------------
+# Converters. alpha, sigma: [B] (or scalars); images: [B, H, W, C].
+
+
+def x0_from_eps(x_t, eps, alpha, sigma):
+    """x0 = (x_t - sigma eps) / alpha."""
+    return (x_t - bcast(sigma, x_t) * eps) / bcast(alpha, x_t)
+
+
+def eps_from_x0(x_t, x0, alpha, sigma):
+    """eps = (x_t - alpha x0) / sigma."""
+    return (x_t - bcast(alpha, x_t) * x0) / bcast(sigma, x_t)
+
+
+def v_from_x0_eps(x0, eps, alpha, sigma):
+    """v = alpha eps - sigma x0."""
+    return bcast(alpha, x0) * eps - bcast(sigma, x0) * x0
+
+
+def x0_eps_from_v(x_t, v, alpha, sigma):
+    """Inverts (x_t, v) -> (x0, eps) for any alpha, sigma (not only VP):
+    x0 = (alpha x_t - sigma v) / (alpha^2 + sigma^2),
+    eps = (sigma x_t + alpha v) / (alpha^2 + sigma^2)."""
+    a, s = bcast(alpha, x_t), bcast(sigma, x_t)
+    norm = a**2 + s**2
+    return (a * x_t - s * v) / norm, (s * x_t + a * v) / norm
+
+
+def edm_preconditioning(alpha, sigma, sigma_data: float = 0.5):
+    """EDM (Karras et al. 2022, Table 1) c_skip, c_out, c_in at the VE-equivalent noise level
+    s = sigma / alpha, acting on x_t / alpha:  c_skip = sd^2 / (s^2 + sd^2),
+    c_out = s sd / sqrt(s^2 + sd^2),  c_in = 1 / sqrt(s^2 + sd^2).  alpha, sigma: [B] or scalars."""
+    alpha, sigma = _f32(alpha, sigma)
+    sigma_ve = sigma / alpha
+    norm = jnp.sqrt(sigma_ve**2 + sigma_data**2)
+    return sigma_data**2 / norm**2, sigma_ve * sigma_data / norm, 1.0 / norm
+
+
+# ---------------------------------------------------------------------------------------------
+# Parameterizations.
+
+
+@dataclasses.dataclass(frozen=True)
+class Parameterization:
+    """The base: eps, x0 and v feed the network x_t unscaled (c_in = 1)."""
+
+    name: ClassVar[str] = ""
+    sigma_data: float = 0.5
+
+    def c_in(self, alpha, sigma):
+        """The factor the network input x_t is multiplied by: [B] or scalar."""
+        alpha, sigma = _f32(alpha, sigma)
+        return jnp.ones_like(alpha * sigma)
+
+    def c_noise(self, schedule, t):
+        """The scalar the network is conditioned on: the step index t T - 1 for discrete
+        schedules (DDPM), 1000 t for continuous ones (score_sde). t: [B] -> [B] float32."""
+        if schedule.is_discrete:
+            return jnp.asarray(t, jnp.float32) * schedule.num_timesteps - 1.0
+        return 1000.0 * jnp.asarray(t, jnp.float32)
+
+    def c_skip_out(self, alpha, sigma):
+        """(c_skip, c_out) with x0_hat = c_skip x_t + c_out F: [B] or scalars each."""
+        raise NotImplementedError
+
+    def x0_eps(self, x_t, output, alpha, sigma):
+        """Network output [B,H,W,C] -> (x0_hat, eps_hat), both [B,H,W,C]."""
+        raise NotImplementedError
+
+    def target(self, x0, eps, alpha, sigma):
+        """What the network is trained to predict, [B,H,W,C]."""
+        raise NotImplementedError
+
+    def error_scale(self, alpha, sigma):
+        """||target_hat - target||^2 / ||eps_hat - eps||^2 at fixed x_t (a function of t): [B]."""
+        raise NotImplementedError
+
+    def network_output(self, apply_fn: Callable, x_t, t, schedule):
+        """Calls the network as training and sampling both must: input c_in x_t, conditioned on
+        c_noise(t). apply_fn: (network input [B,H,W,C], c_noise [B]) -> [B,H,W,C].
+        x_t: [B,H,W,C]; t: [B] times. Returns the network output [B,H,W,C] float32."""
+        c_in = self.c_in(schedule.alpha(t), schedule.sigma(t))
+        return apply_fn(bcast(c_in, x_t) * x_t, self.c_noise(schedule, t)).astype(jnp.float32)
+
+
+@dataclasses.dataclass(frozen=True)
+class Eps(Parameterization):
+    name: ClassVar[str] = "eps"
+
+    def c_skip_out(self, alpha, sigma):
+        alpha, sigma = _f32(alpha, sigma)
+        return 1.0 / alpha, -sigma / alpha
+
+    def x0_eps(self, x_t, output, alpha, sigma):
+        return x0_from_eps(x_t, output, alpha, sigma), output
+
+    def target(self, x0, eps, alpha, sigma):
+        return eps
+
+    def error_scale(self, alpha, sigma):
+        alpha, sigma = _f32(alpha, sigma)
+        return jnp.ones_like(alpha)
+
+
+@dataclasses.dataclass(frozen=True)
+class X0(Parameterization):
+    name: ClassVar[str] = "x0"
+
+    def c_skip_out(self, alpha, sigma):
+        alpha, sigma = _f32(alpha, sigma)
+        return jnp.zeros_like(alpha * sigma), jnp.ones_like(alpha * sigma)
+
+    def x0_eps(self, x_t, output, alpha, sigma):
+        return output, eps_from_x0(x_t, output, alpha, sigma)
+
+    def target(self, x0, eps, alpha, sigma):
+        return x0
+
+    def error_scale(self, alpha, sigma):
+        """sigma^2 / alpha^2 = 1 / SNR."""
+        alpha, sigma = _f32(alpha, sigma)
+        return sigma**2 / alpha**2
+
+
+@dataclasses.dataclass(frozen=True)
+class V(Parameterization):
+    name: ClassVar[str] = "v"
+
+    def c_skip_out(self, alpha, sigma):
+        alpha, sigma = _f32(alpha, sigma)
+        norm = alpha**2 + sigma**2
+        return alpha / norm, -sigma / norm
+
+    def x0_eps(self, x_t, output, alpha, sigma):
+        return x0_eps_from_v(x_t, output, alpha, sigma)
+
+    def target(self, x0, eps, alpha, sigma):
+        return v_from_x0_eps(x0, eps, alpha, sigma)
+
+    def error_scale(self, alpha, sigma):
+        """(alpha^2 + sigma^2)^2 / alpha^2."""
+        alpha, sigma = _f32(alpha, sigma)
+        return (alpha**2 + sigma**2) ** 2 / alpha**2
+
+
+@dataclasses.dataclass(frozen=True)
+class EDM(Parameterization):
+    """Karras et al. 2022, Table 1, in VE-equivalent coordinates (see the module docstring)."""
+
+    name: ClassVar[str] = "edm"
+
+    def c_in(self, alpha, sigma):
+        """c_in / alpha = 1 / sqrt(sigma^2 + alpha^2 sigma_data^2)."""
+        alpha, sigma = _f32(alpha, sigma)
+        return 1.0 / jnp.sqrt(sigma**2 + alpha**2 * self.sigma_data**2)
+
+    def c_skip_out(self, alpha, sigma):
+        c_skip, c_out, _ = edm_preconditioning(alpha, sigma, self.sigma_data)
+        return c_skip / jnp.asarray(alpha, jnp.float32), c_out
+
+    def x0_eps(self, x_t, output, alpha, sigma):
+        c_skip, c_out, _ = edm_preconditioning(alpha, sigma, self.sigma_data)
+        x0 = bcast(c_skip, x_t) * x_t / bcast(alpha, x_t) + bcast(c_out, x_t) * output
+        return x0, eps_from_x0(x_t, x0, alpha, sigma)
+
+    def target(self, x0, eps, alpha, sigma):
+        """F = (x0 - c_skip x_t / alpha) / c_out = (s x0 - sd^2 eps) / (sd sqrt(s^2 + sd^2))
+        with s = sigma / alpha (no division by c_out)."""
+        alpha, sigma = _f32(alpha, sigma)
+        sigma_ve = bcast(sigma / alpha, x0)
+        norm = jnp.sqrt(sigma_ve**2 + self.sigma_data**2)
+        return (sigma_ve * x0 - self.sigma_data**2 * eps) / (self.sigma_data * norm)
+
+    def error_scale(self, alpha, sigma):
+        """(sigma/alpha)^2 / c_out^2 = 1 + 1 / (sigma_data^2 SNR)."""
+        alpha, sigma = _f32(alpha, sigma)
+        return 1.0 + sigma**2 / (alpha**2 * self.sigma_data**2)
+
+
+for _cls in (Eps, X0, V, EDM):
+    PARAMETERIZATIONS.register(_cls.name)(_cls)
+
+
+def make_parameterization(name: str | Parameterization, sigma_data: float = 0.5):
+    """The parameterization registered as `name` (an object passes through)."""
+    if isinstance(name, Parameterization):
+        return name
+    return PARAMETERIZATIONS.get(name).factory(sigma_data=sigma_data)

@@ -1,0 +1,275 @@
+"""The one reader of the config: `Experiment(config)` turns every section into typed settings
+and parts (codec, conditioning, schedule, parameterization, network, objective, EMA, optimizer,
+sampler, metrics, mesh), checking each section against its options dataclass and the rules that
+span sections. Nothing else in diffjax reads a ConfigDict's fields."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import jax
+
+from diffjax import codecs, conditioning, data, ema, parallel, settings
+from diffjax.core import parameterizations, schedules
+from diffjax.errors import ConfigError
+from diffjax.models import NETWORKS, NetworkSpec, count_params
+from diffjax.objectives import OBJECTIVES, ObjectiveContext
+from diffjax.options import OptionError, from_mapping
+from diffjax.registry import Registry
+from diffjax.samplers import SAMPLERS, GridOptions
+
+DIFFUSION_FIELDS = ("schedule", "parameterization", "sigma_data")
+
+
+def _plain(section) -> dict:
+    return section.to_dict() if hasattr(section, "to_dict") else dict(section)
+
+
+def _check_keys(path: str, values: dict, allowed) -> None:
+    unknown = sorted(set(values) - set(allowed))
+    if unknown:
+        raise ConfigError(f"config.{path} has no field {unknown[0]!r}; its fields are: "
+                          f"{', '.join(sorted(allowed))}")
+
+
+def part_options(config, registry: Registry, name: str):
+    """The options dataclass of part `name` of `registry` from config.<section>.<name> (its
+    defaults where the section lacks it), or None for a part without options."""
+    entry = registry.get(name)
+    values = _plain(config[registry.section].get(name, {}) or {})
+    path = f"{registry.section}.{name}"
+    if entry.options is None:
+        _check_keys(path, values, ())
+        return None
+    return from_mapping(entry.options, values, path)
+
+
+def _build(registry: Registry, name: str, options, *args):
+    """registry's factory for `name`; an OptionError it raises gets the section's path."""
+    try:
+        return registry.get(name).factory(options, *args)
+    except OptionError as e:
+        raise e.at(f"{registry.section}.{name}") from None
+
+
+def selected(config, registry: Registry, extra_fields=()) -> tuple[str, object]:
+    """(name, options) of the part config.<section>.name picks; the section may hold only
+    'name', `extra_fields` and the sections of registered parts."""
+    section = _plain(config[registry.section])
+    _check_keys(registry.section, section, ("name", *extra_fields, *registry.names()))
+    name = section["name"]
+    return name, part_options(config, registry, name)
+
+
+def _settings(cls, config, key: str, parts: Registry | None = None):
+    values = _plain(config[key]) if key in config else {}
+    if parts is not None:
+        values = {k: v for k, v in values.items() if k not in parts.names()}
+    return from_mapping(cls, values, key)
+
+
+def configure_backend(config) -> None:
+    """Applies config.mesh.cpu_devices (split a CPU host into N devices); it must run before
+    JAX starts a backend, so launch.py calls it first. GPU/TPU backends ignore it."""
+    cpu_devices = int(config.mesh.cpu_devices)
+    if cpu_devices < 0:
+        raise ConfigError(f"config.mesh.cpu_devices={cpu_devices} is invalid: must be >= 0")
+    if cpu_devices:
+        jax.config.update("jax_num_cpu_devices", cpu_devices)
+
+
+def _check_every_section(config) -> None:
+    """Every registered part's section present in the config holds valid options, picked or
+    not, so a typo in an unused section fails at start-up too."""
+    from diffjax import plugins
+
+    for registry in plugins.KINDS.values():
+        if registry.section in config:
+            for name in registry.names():
+                if name in config[registry.section]:
+                    part_options(config, registry, name)
+
+
+class Experiment:
+    """Everything a run needs, built from a config: typed settings (`data`, `training`, `optim`,
+    `sampling`, `inpaint`, `eval`, `mesh_options`, `benchmark`) and parts. load_data: build the
+    data pipelines (not needed to sample, evaluate or count params)."""
+
+    def __init__(self, config, workdir: str | None = None, load_data: bool = True):
+        self.config = config
+        self.workdir = os.path.abspath(workdir) if workdir else None
+        self.seed = int(config.seed)
+        self._read_settings(config)
+        _check_every_section(config)
+        self.mesh = parallel.make_mesh(self.mesh_options.num_devices, self.mesh_options.shape)
+        d = self.data
+        self.image_shape, self.num_classes = data.dataset_spec(d.name, d.data_dir, d.image_size)
+        self.pipeline = self.val_pipeline = None
+        if load_data:  # missing data is reported before anything that depends on it
+            self.pipeline = self._pipeline(d.split, self.seed, d.random_flip)
+            if d.val_split and self.training.val_every_steps:
+                # held out: fixed order (permutation seed 0), no flips
+                self.val_pipeline = self._pipeline(d.val_split, 0, False)
+        self._build_parts(config)
+        self._check_across_sections()
+        from diffjax.training.optim import build_optimizer
+
+        self.tx, self.lr_fn = build_optimizer(self.optim, self.training.num_steps)
+        self.state_sharding = parallel.state_sharding(self.abstract_state(), self.mesh)
+
+    def _read_settings(self, config) -> None:
+        from diffjax.evaluation.scores import METRICS
+
+        self.data = _settings(settings.DataOptions, config, "data")
+        self.training = _settings(settings.TrainingOptions, config, "training")
+        self.optim = _settings(settings.OptimOptions, config, "optim")
+        self.sampling = _settings(settings.SamplingOptions, config, "sampling", SAMPLERS)
+        self.inpaint = _settings(settings.InpaintOptions, config, "inpaint")
+        self.eval = _settings(settings.EvalOptions, config, "eval", METRICS)
+        self.mesh_options = _settings(settings.MeshOptions, config, "mesh")
+        self.benchmark = _settings(settings.BenchmarkOptions, config, "benchmark")
+        self.grid = from_mapping(GridOptions, {k: getattr(self.sampling, k) for k in
+                                               ("num_steps", "spacing", "rho")}, "sampling")
+        self.sampler = SAMPLERS.get(self.sampling.sampler)
+        self.sampler_options = part_options(config, SAMPLERS, self.sampling.sampler)
+        # RePaint's ancestral steps (--mode=inpaint) use the ddpm sampler's options.
+        self.repaint_options = part_options(config, SAMPLERS, "ddpm")
+        self.metrics = {}
+        for name in self.eval.metrics:
+            self.metrics[name] = _build(METRICS, name, part_options(config, METRICS, name))
+
+    def _build_parts(self, config) -> None:
+        self.codec = _build(codecs.CODECS, *selected(config, codecs.CODECS), self.image_shape)
+        self.x_shape = tuple(self.codec.x_shape(self.image_shape))
+        self.conditioning = _build(conditioning.CONDITIONINGS,
+                                   *selected(config, conditioning.CONDITIONINGS),
+                                   self.num_classes)
+        diffusion = _plain(config.diffusion)
+        _check_keys("diffusion", diffusion, (*DIFFUSION_FIELDS, *schedules.SCHEDULES.names()))
+        if not diffusion["sigma_data"] > 0:
+            raise ConfigError(f"config.diffusion.sigma_data={diffusion['sigma_data']!r} is "
+                              f"invalid: must be > 0")
+        schedule_name = diffusion["schedule"]
+        self.schedule = _build(schedules.SCHEDULES, schedule_name,
+                               part_options(config, schedules.SCHEDULES, schedule_name))
+        self.parameterization = parameterizations.PARAMETERIZATIONS.get(
+            diffusion["parameterization"]).factory(sigma_data=float(diffusion["sigma_data"]))
+        spec = NetworkSpec(self.x_shape, self.conditioning.num_classes,
+                           self.training.compute_dtype)
+        self.network = _build(NETWORKS, *selected(config, NETWORKS), spec)
+        ctx = ObjectiveContext(self.schedule, self.parameterization, self.network,
+                               self.conditioning)
+        self.objective = _build(OBJECTIVES, *selected(config, OBJECTIVES), ctx)
+        name, options = selected(config, ema.EMAS)
+        self.ema = ema.EMAS.get(name).factory(options)
+
+    def _check_across_sections(self) -> None:
+        """The rules that span sections."""
+        t, s, cond = self.training, self.sampling, self.conditioning
+        parallel.check_batch(t.batch_size, self.mesh)
+        parallel.check_batch(t.batch_size // t.grad_accum_steps, self.mesh,
+                             "a micro-batch (config.training.batch_size / grad_accum_steps)")
+        if t.val_every_steps and not self.data.val_split:
+            raise ConfigError(f"config.training.val_every_steps={t.val_every_steps} is invalid: "
+                              f"the validation loss needs a held-out split: set "
+                              f"config.data.val_split, e.g. 'train[90%:]' with "
+                              f"config.data.split='train[:90%]'")
+        if self.schedule.is_discrete and s.num_steps > self.schedule.num_timesteps:
+            raise ConfigError(f"config.sampling.num_steps={s.num_steps} is invalid: must be <= "
+                              f"the schedule's num_timesteps={self.schedule.num_timesteps}")
+        kept = self.ema.keys()
+        for decay in s.ema_decays:
+            if decay != 0.0 and decay not in kept:
+                raise ConfigError(
+                    f"config.sampling.ema_decays={tuple(s.ema_decays)} is invalid: {decay} is "
+                    f"not an EMA rate this run keeps; allowed: {', '.join(map(str, kept))} "
+                    f"(config.{self.ema_path}) or 0.0 (the raw params)")
+        if s.guidance_scale != 1.0 and not cond.supports_guidance:
+            raise ConfigError(f"config.sampling.guidance_scale={s.guidance_scale} is invalid: "
+                              f"guidance needs a conditioning with a null condition, e.g. "
+                              f"config.conditioning.name='class_label'")
+        if s.labels and not cond.num_classes:
+            raise ConfigError(f"config.sampling.labels={tuple(s.labels)} is invalid: labels need "
+                              f"a class-conditional model (config.conditioning.name="
+                              f"'class_label')")
+        bad = [label for label in s.labels if label >= cond.num_classes]
+        if bad:
+            raise ConfigError(f"config.sampling.labels={tuple(s.labels)} is invalid: labels must "
+                              f"be in [0, {cond.num_classes}) for this dataset; got {bad}")
+        if s.guidance_scale != 1.0 and not cond.guidance_trained:
+            logging.warning("config.sampling.guidance_scale=%s but the conditioning never drops "
+                            "to the null condition in training (its dropout is 0): the "
+                            "unconditional model was never trained", s.guidance_scale)
+
+    @property
+    def ema_path(self) -> str:
+        return f"ema.{self.config.ema.name}"
+
+    # -- the train state ---------------------------------------------------------------------
+
+    def _init(self, rng):
+        from diffjax import state
+
+        return state.init_state(rng, self.network, self.tx, self.ema, self.objective)
+
+    def abstract_state(self):
+        """Shapes and dtypes of the train state, without computing anything."""
+        return jax.eval_shape(self._init, jax.random.PRNGKey(self.seed))
+
+    def num_params(self) -> int:
+        """Scalars in the network's params."""
+        return count_params(self.abstract_state().params)
+
+    def init_state(self):
+        """A fresh state, laid out by `state_sharding` over the mesh."""
+        init = jax.jit(self._init, out_shardings=self.state_sharding)
+        return init(jax.random.PRNGKey(self.seed))
+
+    def abstract_target(self):
+        """ShapeDtypeStructs with this mesh's shardings: a restore target for any checkpoint of
+        this run, whatever mesh or device count saved it."""
+        return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                            self.abstract_state(), self.state_sharding)
+
+    # -- training ----------------------------------------------------------------------------
+
+    def train_step_fn(self):
+        """The jitted train step of this experiment: step(state, batch) -> (state, metrics)."""
+        from diffjax.training import step
+
+        fn = step.make_train_step(self.network, self.objective, self.conditioning, self.codec,
+                                  self.tx, self.ema, self.lr_fn, self.training.grad_accum_steps)
+        return step.BoundStep(step.jit_train_step(fn, self.mesh, self.state_sharding),
+                              self.codec.params)
+
+    def global_batch(self, step: int):
+        return parallel.to_global(self.pipeline.batch(step), self.mesh)
+
+    def _pipeline(self, split: str, seed: int, random_flip: bool) -> data.Pipeline:
+        """Global batches of training.batch_size from `split`; its decoded images must have the
+        data's image shape."""
+        d = self.data
+        source, _ = data.load_source(d.name, split, d.data_dir)
+        pipeline = data.Pipeline(source, self.training.batch_size, seed, jax.process_index(),
+                                 jax.process_count(), d.image_size, random_flip, d.in_memory,
+                                 self.num_classes)
+        if tuple(pipeline.image_shape) != self.image_shape:
+            raise ConfigError(f"config.data.split={split!r} of config.data.name={d.name!r}: "
+                              f"decoded images have shape {pipeline.image_shape}, expected "
+                              f"{self.image_shape}")
+        return pipeline
+
+    # -- sampling ----------------------------------------------------------------------------
+
+    def generator(self, sampling: settings.SamplingOptions | None = None, grid=None):
+        """A Generator of this experiment's parts with `sampling` (default: config.sampling)."""
+        from diffjax.generator import Generator
+
+        return Generator(self, sampling or self.sampling, grid or self.grid)
+
+
+def validate(config) -> Experiment:
+    """Checks every section of `config` (raising ConfigError naming the bad key, value and what
+    is allowed) by building its Experiment without data; returns it."""
+    return Experiment(config, load_data=False)

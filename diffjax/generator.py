@@ -1,0 +1,165 @@
+"""Sampling from trained params: the sampler loop jitted over the mesh, batch-sharded, in the
+codec's space x, decoded to images and converted to uint8."""
+
+from __future__ import annotations
+
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from diffjax import parallel, samplers
+from diffjax.codecs import to_uint8
+from diffjax.samplers import guidance
+
+
+def mean_nfe(nfes: list[int]) -> float | int:
+    """NFE per sample over batches: an int when every batch used the same (fixed-step samplers),
+    else the mean (the adaptive ODE solver)."""
+    nfes = [int(n) for n in nfes]
+    return nfes[0] if len(set(nfes)) == 1 else float(np.mean(nfes))
+
+
+class Generator:
+    """Draws images from a network's params, sharded over all devices.
+
+    parts: any object with the typed parts network, schedule, parameterization, codec,
+    conditioning, mesh, sampler (a registry Entry) and sampler_options (an Experiment has them).
+    sampling: settings.SamplingOptions (guidance, labels, batch size, clipping); grid: the
+    samplers' GridOptions."""
+
+    def __init__(self, parts, sampling, grid):
+        self.network, self.schedule = parts.network, parts.schedule
+        self.parameterization, self.codec = parts.parameterization, parts.codec
+        self.conditioning, self.mesh = parts.conditioning, parts.mesh
+        self.sampler, self.sampler_options = parts.sampler, parts.sampler_options
+        self.sampling, self.grid = sampling, grid
+        self.x_shape = tuple(parts.network.x_shape)
+        n_dev = self.mesh.devices.size
+        # Round the per-call batch up to a multiple of the device count.
+        self.batch = max(n_dev, -(-sampling.batch_size // n_dev) * n_dev)
+        self._fn = None
+        self.last_nfe: float | int | None = None  # NFE per sample of the last sample()/iter_samples
+
+    def model_fn(self, params):
+        """The conditional denoiser (x_t [B,H,W,C], t [B], cond) -> network output, through the
+        parameterization's network_output (its c_in and c_noise, shared with training).
+
+        params: one param tree, or a tuple/list of them: a checkpoint ensemble, whose denoiser is
+        the mean of the members' network outputs. Every converter to x0/eps is affine in the
+        output at fixed (x_t, t), so this averages their x0 (and eps, score) predictions too."""
+        members = tuple(params) if isinstance(params, (tuple, list)) else (params,)
+
+        def model_fn(x_t, t, cond):
+            outputs = []
+            for member in members:
+                apply = lambda x, c, p=member: self.network.apply(  # noqa: E731
+                    p, x, c, cond, train=False)
+                outputs.append(self.parameterization.network_output(apply, x_t, t,
+                                                                    self.schedule))
+            return outputs[0] if len(outputs) == 1 else sum(outputs) / len(outputs)
+
+        return model_fn
+
+    def denoiser(self, params, cond):
+        """The sampler's denoiser (x_t, t) -> output: the model with classifier-free guidance
+        (sampling.guidance_scale and interval) on `cond`, where the conditioning has a null
+        condition."""
+        s = self.sampling
+        model_fn = self.model_fn(params)
+        if not self.conditioning.supports_guidance:
+            return lambda x_t, t: model_fn(x_t, t, cond)
+        return guidance.classifier_free(model_fn, cond, self.conditioning.null(cond),
+                                        s.guidance_scale, self.schedule, s.guidance_sigma_min,
+                                        s.guidance_sigma_max)
+
+    @property
+    def clip(self):
+        """The codec's bounds where sampling.clip_denoised, else None."""
+        return self.codec.bounds if self.sampling.clip_denoised else None
+
+    def _compile(self):
+        batch, shape = self.batch, self.x_shape
+        data_sharding = parallel.batch_sharding(self.mesh)
+
+        def run(params, codec_params, key, labels):
+            k_noise, k_sample = jax.random.split(key)
+            noise = jax.random.normal(k_noise, (batch, *shape), jnp.float32)
+            noise = jax.lax.with_sharding_constraint(noise, data_sharding)
+            cond = self.conditioning.from_labels(labels)
+            x, nfe = samplers.sample(self.denoiser(params, cond), self.schedule,
+                                     self.parameterization, noise, k_sample,
+                                     sampler=self.sampler.name, grid=self.grid,
+                                     options=self.sampler_options, clip=self.clip)
+            return to_uint8(self.codec.decode(codec_params, x)), jnp.asarray(nfe, jnp.int32)
+
+        repl = parallel.replicated(self.mesh)
+        # params keep the layout they arrive in (replicated, or FSDP-sharded by training).
+        return jax.jit(run, in_shardings=(None, repl, repl, data_sharding),
+                       out_shardings=(data_sharding, repl))
+
+    def compile(self, params) -> float:
+        """Compiles the sampling program ahead of time; returns the seconds it took."""
+        start = time.perf_counter()
+        if self._fn is None:
+            fn = self._compile()
+            labels = jax.device_put(np.zeros(self.batch, np.int32),
+                                    parallel.batch_sharding(self.mesh))
+            self._fn = fn.lower(params, self.codec.params, jax.random.PRNGKey(0),
+                                labels).compile()
+        return time.perf_counter() - start
+
+    @property
+    def nfe(self) -> float | int | None:
+        """Network evaluations per sample in the last call (each is two network passes where
+        classifier-free guidance is on)."""
+        return self.last_nfe
+
+    def labels_for(self, num_samples: int, seed: int = 0) -> np.ndarray:
+        """[num_samples] int32 labels: sampling.labels cycled, or random ones from `seed`."""
+        return self.conditioning.labels_for(num_samples, seed, tuple(self.sampling.labels))
+
+    def sample(self, params, num_samples: int, seed: int = 0, labels=None,
+               progress: bool = False):
+        """Returns (uint8 images [num_samples, H, W, C] numpy, NFE per sample).
+
+        labels: [num_samples] int, or None for sampling.labels (or random labels).
+        progress: show a tqdm bar of images done (process 0 only)."""
+        out = list(self.iter_samples(params, num_samples, seed, labels, progress))
+        return np.concatenate(out), self.nfe
+
+    def iter_samples(self, params, num_samples: int, seed: int = 0, labels=None,
+                     progress: bool = False):
+        """Yields the images of `sample` batch by batch (uint8 [<= batch, H, W, C] numpy), so that
+        large sample counts (e.g. 50k for FID) need not be held in memory at once. Batch i uses
+        the key fold_in(PRNGKey(seed), i), so samples are reproducible from the seed."""
+        from tqdm import tqdm
+
+        self.compile(params)
+        labels = self.labels_for(num_samples, seed) if labels is None else labels
+        labels = np.asarray(labels, np.int32)
+        nfes = []
+        bar = tqdm(total=num_samples, unit="img", dynamic_ncols=True,
+                   disable=not progress or jax.process_index() != 0)
+        try:
+            for i, start in enumerate(range(0, num_samples, self.batch)):
+                chunk = labels[start:start + self.batch]
+                chunk = np.pad(chunk, (0, self.batch - len(chunk)))
+                key = jax.random.fold_in(jax.random.PRNGKey(seed), i)
+                images, nfe = self._fn(params, self.codec.params, key,
+                                       jax.device_put(chunk, parallel.batch_sharding(self.mesh)))
+                if int(nfe) < 0:
+                    raise RuntimeError(
+                        f"config.sampling.sampler='ode': the {self.sampler_options.solver} solver "
+                        f"did not reach sigma_min within {samplers.ode.MAX_STEPS} steps; loosen "
+                        f"config.sampling.ode.rtol={self.sampler_options.rtol} / atol="
+                        f"{self.sampler_options.atol}")
+                nfes.append(int(nfe))
+                self.last_nfe = mean_nfe(nfes)
+                images = parallel.to_host(images)[:num_samples - start]
+                bar.update(len(images))
+                bar.set_postfix(nfe=self.last_nfe)
+                yield images
+        finally:
+            bar.close()

@@ -1,0 +1,94 @@
+"""The contract every network implements, and its implementation for Flax linen modules.
+
+A network maps (x [B,H,W,C] in the codec's space, noise conditioning, conditioning inputs, the
+train flag) to an output [B,H,W,out_channels + extra channels]:
+- noise_cond: [B] float32 (num_noise_inputs = 1), or a tuple of num_noise_inputs [B] arrays
+  (e.g. MeanFlow's (r, t)); the parameterization computes it (c_noise).
+- cond: the conditioning plug-in's dict of per-example arrays, e.g. {'label': [B] int32}, or {}.
+  Labels run over [0, num_classes]; num_classes is the null label of classifier-free guidance,
+  a rule of the conditioning (see diffjax.conditioning), for which the network keeps a row.
+- output: the first out_channels channels are the parameterization's prediction; extra outputs
+  (e.g. a learned variance) follow in the order of `extra_outputs`.
+Nothing outside a network reads its attributes beyond this contract.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+
+@dataclasses.dataclass(frozen=True)
+class NetworkSpec:
+    """What the builder tells a network factory: the shape of x (the codec's space), how many
+    classes the conditioning feeds as cond['label'] (0: none) and the compute dtype."""
+
+    x_shape: tuple[int, int, int]
+    num_classes: int = 0
+    compute_dtype: str = "float32"
+
+
+class Network:
+    """The network contract (see the module docstring). Subclasses implement init and apply."""
+
+    x_shape: tuple[int, int, int]
+    out_channels: int
+    extra_outputs: tuple[tuple[str, int], ...] = ()
+    num_noise_inputs: int = 1
+
+    def init(self, rng) -> Any:
+        """Fresh params for inputs of shape x_shape."""
+        raise NotImplementedError
+
+    def apply(self, params, x, noise_cond, cond: dict, train: bool = False, rng=None):
+        """x: [B,H,W,C]; noise_cond: [B] (or a tuple); cond: dict of [B, ...] arrays; rng: the
+        dropout key when train. Returns [B,H,W,out_channels + extra] float32."""
+        raise NotImplementedError
+
+    def split_output(self, output) -> tuple[jax.Array, dict[str, jax.Array]]:
+        """output [B,H,W,out+extra] -> (the prediction [B,H,W,out], {extra name: [B,H,W,c]})."""
+        main, start, extras = output[..., :self.out_channels], self.out_channels, {}
+        for name, channels in self.extra_outputs:
+            extras[name] = output[..., start:start + channels]
+            start += channels
+        return main, extras
+
+
+@dataclasses.dataclass(frozen=True)
+class LinenNetwork(Network):
+    """A Flax linen module called as module(x, noise_cond, cond_input, train=train), where
+    cond_input is cond[cond_key] (None when absent) or, with cond_key=None, the whole dict."""
+
+    module: Any
+    x_shape: tuple[int, int, int]
+    out_channels: int
+    extra_outputs: tuple[tuple[str, int], ...] = ()
+    num_noise_inputs: int = 1
+    cond_key: str | None = "label"
+
+    def _cond_input(self, cond: dict):
+        return cond if self.cond_key is None else (cond or {}).get(self.cond_key)
+
+    def init(self, rng):
+        dummy = jnp.zeros((1, *self.x_shape), jnp.float32)
+        noise = jnp.zeros((1,))
+        if self.num_noise_inputs > 1:
+            noise = (noise,) * self.num_noise_inputs
+        return self.module.init({"params": rng}, dummy, noise, None, train=False)["params"]
+
+    def apply(self, params, x, noise_cond, cond: dict, train: bool = False, rng=None):
+        rngs = {"dropout": rng} if rng is not None else {}
+        return self.module.apply({"params": params}, x, noise_cond, self._cond_input(cond),
+                                 train=train, rngs=rngs)
+
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def count_params(params: Any) -> int:
+    """Total number of scalars in a pytree of arrays (or jax.ShapeDtypeStruct from eval_shape)."""
+    return sum(math.prod(leaf.shape) for leaf in jax.tree_util.tree_leaves(params))

@@ -1,0 +1,14 @@
+"""The modes of launch.py, each thin: build the Experiment, then one call. Every mode is
+`run(config, workdir, fresh, record) -> None`; record: the launch command (config file and
+flags), which training writes to WORKDIR/launch.json."""
+
+MODES = ("train", "sample", "inpaint", "eval", "dry_run", "benchmark")
+
+
+def run(mode: str, config, workdir: str | None, fresh: bool = False,
+        record: dict | None = None) -> None:
+    """Runs --mode=`mode` (one of MODES)."""
+    import importlib
+
+    module = {"eval": "evaluate"}.get(mode, mode)
+    importlib.import_module(f"diffjax.modes.{module}").run(config, workdir, fresh, record)

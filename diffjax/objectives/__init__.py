@@ -1,0 +1,82 @@
+"""Training objectives behind one contract, registered by name: config.objective.name picks one,
+its options are config.objective.<name>. A factory is `factory(options, ctx: ObjectiveContext)
+-> Objective`.
+
+The train step (diffjax.training.step) knows nothing of what an objective draws: it hands the
+objective the encoded batch x and the conditioning, splits whatever `prepare` returns into
+micro-batches along axis 0, and differentiates `loss` with respect to every trainable group: the
+network's params under 'network', and the objective's own groups (e.g. a discriminator, a learned
+loss weighting), each with the optimizer `optimizers()` gives it. Where groups must not see each
+other's gradients (a GAN), `loss` separates them with jax.lax.stop_gradient. Non-trained state
+(e.g. a target network) is updated by `after_update` after each applied step. Everything an
+objective owns is in the train state, so it is checkpointed and resumed with the rest.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+from diffjax.registry import Registry
+
+OBJECTIVES = Registry("objective", "objective.name", "objective")
+
+# apply(network params, x [B,H,W,C], noise_cond [B], cond) -> network output [B,H,W,C'], with the
+# train flag and the dropout key already bound by the caller.
+Apply = Callable
+
+
+@dataclasses.dataclass(frozen=True)
+class ObjectiveContext:
+    """What the builder gives an objective: the schedule, the parameterization, the network (for
+    objectives that call it with other params, e.g. a teacher) and the conditioning."""
+
+    schedule: Any
+    parameterization: Any
+    network: Any = None
+    conditioning: Any = None
+
+
+class Objective:
+    """The contract (see the module docstring); defaults: no groups and no state of its own."""
+
+    def init_params(self, rng, network_params) -> dict:
+        """The objective's trainable groups {name: params} ({}: none)."""
+        return {}
+
+    def optimizers(self) -> dict:
+        """{group name: optax.GradientTransformation} for every group of init_params."""
+        return {}
+
+    def init_state(self, rng, network_params) -> Any:
+        """Non-trained state (e.g. a target network); {}: none."""
+        return {}
+
+    def prepare(self, x, cond: dict, rng, step) -> dict:
+        """The randomness of a whole batch, drawn once so gradient accumulation changes nothing
+        but memory: a pytree of per-example arrays (leading axis B), including x and cond."""
+        raise NotImplementedError
+
+    def loss(self, params: dict, apply: Apply, inputs: dict, state, step) -> tuple:
+        """Mean loss of a (micro-)batch of `prepare`'s output. params: {'network': ..., **the
+        objective's groups}. Returns (scalar loss, {metric name: scalar})."""
+        raise NotImplementedError
+
+    def after_update(self, state, params: dict, step):
+        """The non-trained state after an applied update to `params`."""
+        return state
+
+    def validation_losses(self, params: dict, apply: Apply, x, cond: dict, rng,
+                          num_levels: int):
+        """Deterministic per-example losses [K, B] of held-out x at K fixed noise levels, or
+        None where the objective has no such loss."""
+        return None
+
+
+def make_objective(name: str, options, ctx: ObjectiveContext) -> Objective:
+    """The objective registered as `name` (options None: its defaults)."""
+    entry = OBJECTIVES.get(name)
+    return entry.factory(options if options is not None else entry.default_options(), ctx)
+
+
+from diffjax.objectives import denoising  # noqa: E402,F401  (registers the built-in objective)

