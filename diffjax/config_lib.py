@@ -56,10 +56,16 @@ RENAMED: dict[str, tuple[str, ...]] = {
 
 
 def load_config_file(path: str) -> ml_collections.ConfigDict:
-    """The get_config() of a config file (a path; config files import configs.base, so the repo
-    root must be on sys.path)."""
+    """The get_config() of a config file (a path). A file in a `configs/` directory imports
+    configs.base, so that directory's parent is put on sys.path first."""
     import importlib.util
+    import os
+    import sys
 
+    parent = os.path.dirname(os.path.dirname(os.path.abspath(path)))
+    if os.path.basename(os.path.dirname(os.path.abspath(path))) == "configs" and (
+            parent not in sys.path):
+        sys.path.insert(0, parent)
     spec = importlib.util.spec_from_file_location("_diffjax_config_file", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

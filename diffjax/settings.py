@@ -1,5 +1,6 @@
-"""Typed settings of the config sections that are not plug-ins: data, training, optim, sampling,
-inpaint, eval, mesh and benchmark. Each checks its own values (naming the field); the config
+"""Typed settings of the config sections that are not plug-ins: data, training, sampling, inpaint,
+eval, mesh and benchmark (optim's are the optimizer's own, diffjax.training.optim.OptimOptions).
+Each checks its own values (naming the field); the config
 builder (diffjax.experiment) turns a section into one with options.from_mapping, adding the path,
 and checks the rules that span sections."""
 
@@ -11,10 +12,9 @@ import os
 
 from diffjax.evaluation.inception import PREPROCESSING
 from diffjax.options import check, choice
+from diffjax.training.optim import OptimOptions  # noqa: F401  (config.optim: the optimizer's own)
 
 DTYPES = ("float32", "bfloat16")
-OPTIMIZERS = ("adam", "adamw")
-LR_DECAYS = ("constant", "cosine")
 MASKS = ("center_box", "left_half", "random_pixels")
 AGGREGATES = ("min", "mean")
 
@@ -72,30 +72,6 @@ class TrainingOptions:
               "must be >= 0 (0: the whole split)")
         check(self.batch_size % self.grad_accum_steps == 0, "batch_size", self.batch_size,
               f"does not split into grad_accum_steps={self.grad_accum_steps} micro-batches")
-
-
-@dataclasses.dataclass(frozen=True)
-class OptimOptions:
-    """config.optim: global-norm clip -> Adam or AdamW, linear warmup then constant or cosine."""
-
-    name: str = "adam"
-    lr: float = 2e-4
-    b1: float = 0.9
-    b2: float = 0.999
-    eps: float = 1e-8
-    weight_decay: float = 0.0     # adamw only (decoupled)
-    warmup_steps: int = 5000
-    decay: str = "constant"       # constant | cosine (to lr * final_lr_frac at num_steps)
-    final_lr_frac: float = 0.0
-    grad_clip: float = 1.0        # global-norm clip; 0 disables
-
-    def __post_init__(self):
-        choice("name", self.name, OPTIMIZERS)
-        choice("decay", self.decay, LR_DECAYS)
-        check(self.lr > 0, "lr", self.lr, "must be > 0")
-        check(self.warmup_steps >= 0, "warmup_steps", self.warmup_steps, "must be >= 0")
-        check(self.grad_clip >= 0, "grad_clip", self.grad_clip, "must be >= 0 (0 disables)")
-        check(self.weight_decay >= 0, "weight_decay", self.weight_decay, "must be >= 0")
 
 
 @dataclasses.dataclass(frozen=True)

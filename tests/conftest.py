@@ -92,6 +92,8 @@ def run_steps(config, num_steps: int):
 def train_run(config, workdir: str, fresh: bool = False):
     """launch.py --mode=train in-process: trains `config` in `workdir`; returns the state."""
     from diffjax.experiment import Experiment
+    from diffjax.modes.train import saved_config
     from diffjax.training import loop
 
-    return loop.train(Experiment(config, workdir), fresh=fresh)
+    exp = Experiment(config, workdir)
+    return loop.train(exp, fresh=fresh, saved_config=saved_config(exp.workdir))

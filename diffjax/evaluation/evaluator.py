@@ -8,7 +8,7 @@ from typing import Iterable
 
 import numpy as np
 
-from diffjax.evaluation import features, metrics, reference, weights
+from diffjax.evaluation import features, reference, weights
 
 NO_HEAD = (
     "not available: the default weights have no 1008-way head (set config.eval.weights to "
@@ -54,20 +54,10 @@ class Evaluator:
         chosen = self._usable(self.metrics if names is None else names)
         keep = any(m.needs_features for m in chosen.values())
         want_logits = any(m.needs_logits for m in chosen.values())
-        stats, pool3, logits = metrics.FeatureStats(), [], []
         start = time.time()
-        for out in self.extractor.iter_batches(image_batches):
-            stats.update(out["pool3"])
-            if keep:
-                pool3.append(out["pool3"])
-            if want_logits:
-                logits.append(out["logits_unbiased"])
-        generated = {"mu": stats.mu, "sigma": stats.sigma, "num_samples": stats.num}
-        if keep:
-            generated["features"] = np.concatenate(pool3)
-        if want_logits:
-            generated["logits"] = np.concatenate(logits)
-        result = {"num_samples": stats.num}
+        generated = features.summarise(self.extractor.iter_batches(image_batches), keep,
+                                       want_logits)
+        result = {"num_samples": generated["num"]}
         for metric in chosen.values():
             result.update(metric.score(generated, self.reference))
         result["seconds"] = time.time() - start  # sampling, features and metrics

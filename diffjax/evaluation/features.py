@@ -116,3 +116,25 @@ class InceptionExtractor:
         if not parts:
             raise DataError("no images to extract features from")
         return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+def summarise(outputs: Iterable[dict[str, np.ndarray]], keep_features: bool = False,
+              keep_logits: bool = False) -> dict:
+    """Streams extractor outputs ({'pool3': [n, 2048], 'logits_unbiased': [n, 1008] where the
+    weights have the head}) into {'mu': [2048] float64, 'sigma': [2048, 2048] float64, 'num': N},
+    plus 'features' [N, 2048] and 'logits' [N, 1008] float32 when kept (and available)."""
+    from diffjax.evaluation import metrics
+
+    stats, pool3, logits = metrics.FeatureStats(), [], []
+    for out in outputs:
+        stats.update(out["pool3"])
+        if keep_features:
+            pool3.append(out["pool3"])
+        if keep_logits and "logits_unbiased" in out:
+            logits.append(out["logits_unbiased"])
+    result = {"mu": stats.mu, "sigma": stats.sigma, "num": stats.num}
+    if pool3:
+        result["features"] = np.concatenate(pool3)
+    if logits:
+        result["logits"] = np.concatenate(logits)
+    return result

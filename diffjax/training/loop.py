@@ -53,22 +53,21 @@ def _flat_config(config_dict: dict, prefix: str = "") -> dict:
     return flat
 
 
-def check_resumable(config, workdir: str, ckpt: checkpoint.Checkpointer, target) -> None:
+def check_resumable(config, workdir: str, ckpt: checkpoint.Checkpointer, target,
+                    saved_config: dict | None = None) -> None:
     """Refuses to resume a WORKDIR whose newest checkpoint has another state shape (a different
-    model, image size or dataset), naming the config fields that changed; logs other changes."""
+    model, image size or dataset), naming the config fields that changed (against saved_config,
+    the run's config.json in the current layout); logs other changes."""
     step = ckpt.latest_step()
     if step is None:
         return
-    saved_path = os.path.join(workdir, "config.json")
     changes = []
-    if os.path.exists(saved_path):
-        from diffjax import config_lib
-
-        with open(saved_path) as f:
-            saved = _flat_config(config_lib.migrate_legacy(json.load(f)))
+    if saved_config is not None:
+        saved = _flat_config(saved_config)
         new = _flat_config(json.loads(json.dumps(config.to_dict(), default=list)))
-        changes = [f"{k}: {saved.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(saved) | set(new))
-                   if saved.get(k) != new.get(k)]
+        # Fields the saved config lacks were added to diffjax since that run: not a change.
+        changes = [f"{k}: {saved[k]!r} -> {new.get(k)!r}" for k in sorted(saved)
+                   if saved[k] != new.get(k)]
     try:
         diff = ckpt.layout_diff(step, target)
     except Exception:  # noqa: BLE001 -- unreadable metadata: restore_latest treats it as corrupt
@@ -126,25 +125,29 @@ def write_grid(generator, ema_params, workdir: str, step: int, writer) -> None:
         logging.info("wrote %s (%d NFE)", path, nfe)
 
 
-def train(exp, fresh: bool = False, record: dict | None = None):
+def train(exp, fresh: bool = False, record: dict | None = None,
+          saved_config: dict | None = None):
     """Trains exp.training.num_steps steps in exp.workdir, resuming from its latest checkpoint.
 
     Writes config.json, launch.json (`record`: the config file and flags, when given),
     metrics.jsonl, TensorBoard events, checkpoints/, samples/ grids and loss_curve.png.
     SIGTERM/SIGINT checkpoint and raise Preempted; too many non-finite steps in a row raise
-    NonFiniteError; neither loses the last committed checkpoint. Returns the state."""
-    return _Run(exp, fresh, record).run()
+    NonFiniteError; neither loses the last committed checkpoint. saved_config: the workdir's
+    config.json (current layout), to name what changed when a resume is refused. Returns the
+    state."""
+    return _Run(exp, fresh, record, saved_config).run()
 
 
 class _Run:
     """One call of `train`: the set-up, the loop and its hooks."""
 
-    def __init__(self, exp, fresh: bool, record: dict | None = None):
+    def __init__(self, exp, fresh: bool, record: dict | None = None,
+                 saved_config: dict | None = None):
         self.exp, self.t = exp, exp.training
         self.workdir, self.is_main = exp.workdir, jax.process_index() == 0
         prepare_workdir(self.workdir, fresh)
         self.ckpt = restore.checkpointer(self.workdir, self.t.keep_checkpoints)
-        check_resumable(exp.config, self.workdir, self.ckpt, exp.abstract_state())
+        check_resumable(exp.config, self.workdir, self.ckpt, exp.abstract_state(), saved_config)
         write_config(exp.config, self.workdir)
         if record is not None and self.is_main:
             with open(os.path.join(self.workdir, "launch.json"), "w") as f:

@@ -1,11 +1,40 @@
 """The network's optimizer: global-norm clipping, then Adam or AdamW on a warmup + constant or
-cosine learning-rate schedule (config.optim, typed as settings.OptimOptions)."""
+cosine learning-rate schedule (config.optim, typed as OptimOptions)."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import optax
 
-from diffjax.settings import OptimOptions
+from diffjax.options import check, choice
+
+OPTIMIZERS = ("adam", "adamw")
+LR_DECAYS = ("constant", "cosine")
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimOptions:
+    """config.optim: global-norm clip -> Adam or AdamW, linear warmup then constant or cosine."""
+
+    name: str = "adam"
+    lr: float = 2e-4
+    b1: float = 0.9
+    b2: float = 0.999
+    eps: float = 1e-8
+    weight_decay: float = 0.0     # adamw only (decoupled)
+    warmup_steps: int = 5000
+    decay: str = "constant"       # constant | cosine (to lr * final_lr_frac at num_steps)
+    final_lr_frac: float = 0.0
+    grad_clip: float = 1.0        # global-norm clip; 0 disables
+
+    def __post_init__(self):
+        choice("name", self.name, OPTIMIZERS)
+        choice("decay", self.decay, LR_DECAYS)
+        check(self.lr > 0, "lr", self.lr, "must be > 0")
+        check(self.warmup_steps >= 0, "warmup_steps", self.warmup_steps, "must be >= 0")
+        check(self.grad_clip >= 0, "grad_clip", self.grad_clip, "must be >= 0 (0 disables)")
+        check(self.weight_decay >= 0, "weight_decay", self.weight_decay, "must be >= 0")
 
 
 def learning_rate_schedule(options: OptimOptions, num_steps: int) -> optax.Schedule:

@@ -1,11 +1,12 @@
-"""python -m diffjax.fid A B: FID (and optionally KID, IS, precision/recall) of two image sets.
+"""python -m diffjax.evaluation A B: FID (and optionally KID, IS, precision/recall) of two image
+sets.
 
 A and B are folders of PNG/JPEG images or .npz files holding uint8 `images` [N, H, W, C] or
 statistics `mu`/`sigma` (pytorch-fid / TTUR names, e.g. TTUR's fid_stats_cifar10_train.npz).
 
-  python -m diffjax.fid samples.npz fid_stats_cifar10_train.npz
-  python -m diffjax.fid real_dir/ fake_dir/ --kid --batch_size 100
-  python -m diffjax.fid real_dir/ --save_stats real_stats.npz    # statistics of one set
+  python -m diffjax.evaluation samples.npz fid_stats_cifar10_train.npz
+  python -m diffjax.evaluation real_dir/ fake_dir/ --kid --batch_size 100
+  python -m diffjax.evaluation real_dir/ --save_stats real_stats.npz    # statistics of one set
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ def set_statistics(
 
     Returns {'mu': [2048] float64, 'sigma': [2048, 2048] float64, 'num_images': N or None}
     plus 'features' [N, 2048] / 'logits' [N, 1008] float32 when asked for and available."""
-    from diffjax.evaluation import metrics, stats_io
+    from diffjax.evaluation import features, stats_io
 
     if path.endswith(".npz"):
         stored = stats_io.load_npz(path)
@@ -37,25 +38,15 @@ def set_statistics(
                 "features": stored.get("features"),
             }
     images = stats_io.ImageSet(path)
-    stats = metrics.FeatureStats()
-    features, logits = [], []
-    for out in extractor.iter_batches(images.batches(extractor.batch_size)):
-        stats.update(out["pool3"])
-        if keep_features:
-            features.append(out["pool3"])
-        if keep_logits and "logits_unbiased" in out:
-            logits.append(out["logits_unbiased"])
-    result = {"mu": stats.mu, "sigma": stats.sigma, "num_images": stats.num}
-    if features:
-        result["features"] = np.concatenate(features)
-    if logits:
-        result["logits"] = np.concatenate(logits)
+    result = features.summarise(extractor.iter_batches(images.batches(extractor.batch_size)),
+                                keep_features, keep_logits)
+    result["num_images"] = result.pop("num")
     return result
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m diffjax.fid",
+        prog="python -m diffjax.evaluation",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -111,7 +102,7 @@ def main(argv: list[str] | None = None) -> dict:
         raise ValueError("give two sets A B, or one set with --save_stats OUT.npz")
     if args.batch_size < 1:
         raise ValueError(f"--batch_size={args.batch_size} must be >= 1")
-    from diffjax.evaluation import features, metrics, stats_io, weights
+    from diffjax.evaluation import features, weights
 
     params, _ = weights.load_weights(args.weights)
     if args.inception_score and "fc_kernel" not in params["params"]:
@@ -133,39 +124,60 @@ def main(argv: list[str] | None = None) -> dict:
     ]
     results: dict = {}
     if args.save_stats:
-        extra = {"num_images": np.int64(sets[0]["num_images"] or -1)}
-        if args.save_features and sets[0].get("features") is not None:
-            extra["features"] = sets[0]["features"]
-        stats_io.save_stats(args.save_stats, sets[0]["mu"], sets[0]["sigma"], **extra)
-        print(f"wrote statistics of {args.a} to {args.save_stats}")
+        _save_stats(args, sets[0])
     if len(sets) == 2:
-        a, b = sets
-        results["fid"] = metrics.frechet_distance(a["mu"], a["sigma"], b["mu"], b["sigma"])
-        print(f"FID: {results['fid']:.6f}")
-        if need_features:
-            missing = [p for p, s in zip((args.a, args.b), sets) if s.get("features") is None]
-            if missing:
-                raise ValueError(
-                    f"KID and precision/recall need images (or saved features); "
-                    f"{', '.join(missing)} hold only mu/sigma"
-                )
-        if args.kid:
-            kid = metrics.kernel_inception_distance(a["features"], b["features"])
-            results.update(kid)
-            print(
-                f"KID: {kid['kid_mean']:.6f} +- {kid['kid_std']:.6f} "
-                f"({kid['kid_subsets']} subsets of {kid['kid_subset_size']})"
-            )
-        if args.precision_recall:
-            pr = metrics.precision_recall(a["features"], b["features"])
-            results.update(pr)
-            print(f"precision: {pr['precision']:.4f}  recall: {pr['recall']:.4f}")
+        results.update(_compare(args, *sets))
     if args.inception_score:
-        for name, s in zip("AB", sets):
-            if s.get("logits") is not None:
-                score = metrics.inception_score(s["logits"])
-                results[f"is_{name}"] = score
-                print(f"IS({name}): {score['is_mean']:.4f} +- {score['is_std']:.4f}")
+        results.update(_inception_scores(sets))
+    return results
+
+
+def _save_stats(args, stats: dict) -> None:
+    from diffjax.evaluation import stats_io
+
+    extra = {"num_images": np.int64(stats["num_images"] or -1)}
+    if args.save_features and stats.get("features") is not None:
+        extra["features"] = stats["features"]
+    stats_io.save_stats(args.save_stats, stats["mu"], stats["sigma"], **extra)
+    print(f"wrote statistics of {args.a} to {args.save_stats}")
+
+
+def _compare(args, a: dict, b: dict) -> dict:
+    """FID, and KID / precision-recall where asked, of set B against set A (printed)."""
+    from diffjax.evaluation import metrics
+
+    results = {"fid": metrics.frechet_distance(a["mu"], a["sigma"], b["mu"], b["sigma"])}
+    print(f"FID: {results['fid']:.6f}")
+    if args.kid or args.precision_recall:
+        missing = [p for p, s in zip((args.a, args.b), (a, b)) if s.get("features") is None]
+        if missing:
+            raise ValueError(
+                f"KID and precision/recall need images (or saved features); "
+                f"{', '.join(missing)} hold only mu/sigma"
+            )
+    if args.kid:
+        kid = metrics.kernel_inception_distance(a["features"], b["features"])
+        results.update(kid)
+        print(
+            f"KID: {kid['kid_mean']:.6f} +- {kid['kid_std']:.6f} "
+            f"({kid['kid_subsets']} subsets of {kid['kid_subset_size']})"
+        )
+    if args.precision_recall:
+        pr = metrics.precision_recall(a["features"], b["features"])
+        results.update(pr)
+        print(f"precision: {pr['precision']:.4f}  recall: {pr['recall']:.4f}")
+    return results
+
+
+def _inception_scores(sets) -> dict:
+    from diffjax.evaluation import metrics
+
+    results = {}
+    for name, s in zip("AB", sets):
+        if s.get("logits") is not None:
+            score = metrics.inception_score(s["logits"])
+            results[f"is_{name}"] = score
+            print(f"IS({name}): {score['is_mean']:.4f} +- {score['is_std']:.4f}")
     return results
 
 
