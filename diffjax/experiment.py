@@ -94,15 +94,19 @@ def _check_every_section(config) -> None:
 class Experiment:
     """Everything a run needs, built from a config: typed settings (`data`, `training`, `optim`,
     `sampling`, `inpaint`, `eval`, `mesh_options`, `benchmark`) and parts. load_data: build the
-    data pipelines (not needed to sample, evaluate or count params)."""
+    data pipelines (not needed to sample, evaluate or count params). devices=False: no mesh (only
+    the config is checked, against the device count it asks for where it names one), so that a
+    config can be checked on another machine than the one that will run it."""
 
-    def __init__(self, config, workdir: str | None = None, load_data: bool = True):
+    def __init__(self, config, workdir: str | None = None, load_data: bool = True,
+                 devices: bool = True):
         self.config = config
         self.workdir = os.path.abspath(workdir) if workdir else None
         self.seed = int(config.seed)
         self._read_settings(config)
         _check_every_section(config)
-        self.mesh = parallel.make_mesh(self.mesh_options.num_devices, self.mesh_options.shape)
+        m = self.mesh_options
+        self.mesh = parallel.make_mesh(m.num_devices, m.shape) if devices else None
         d = self.data
         self.image_shape, self.num_classes = data.dataset_spec(d.name, d.data_dir, d.image_size)
         self.pipeline = self.val_pipeline = None
@@ -116,7 +120,8 @@ class Experiment:
         from diffjax.training.optim import build_optimizer
 
         self.tx, self.lr_fn = build_optimizer(self.optim, self.training.num_steps)
-        self.state_sharding = parallel.state_sharding(self.abstract_state(), self.mesh)
+        self.state_sharding = (parallel.state_sharding(self.abstract_state(), self.mesh)
+                               if self.mesh is not None else None)
 
     def _read_settings(self, config) -> None:
         from diffjax.evaluation.scores import METRICS
@@ -161,15 +166,43 @@ class Experiment:
         ctx = ObjectiveContext(self.schedule, self.parameterization, self.network,
                                self.conditioning)
         self.objective = _build(OBJECTIVES, *selected(config, OBJECTIVES), ctx)
-        name, options = selected(config, ema.EMAS)
-        self.ema = ema.EMAS.get(name).factory(options)
+        self.ema = _build(ema.EMAS, *selected(config, ema.EMAS))
+        if self.network.out_channels != self.x_shape[-1]:
+            raise ConfigError(f"config.model.name={config.model.name!r} predicts "
+                              f"{self.network.out_channels} channels, but x has "
+                              f"{self.x_shape[-1]} (the shape of config.codec.name="
+                              f"{config.codec.name!r}'s space)")
+        if self.network.num_noise_inputs != 1:
+            raise ConfigError(f"config.model.name={config.model.name!r} takes "
+                              f"{self.network.num_noise_inputs} noise inputs; the "
+                              f"parameterization supplies one (c_noise)")
+
+    def _num_devices(self) -> int | None:
+        """The devices the run uses: the mesh's, or without one the count the config names."""
+        if self.mesh is not None:
+            return self.mesh.devices.size
+        m = self.mesh_options
+        return m.num_devices if m.num_devices != -1 else (m.cpu_devices or None)
 
     def _check_across_sections(self) -> None:
         """The rules that span sections."""
         t, s, cond = self.training, self.sampling, self.conditioning
-        parallel.check_batch(t.batch_size, self.mesh)
-        parallel.check_batch(t.batch_size // t.grad_accum_steps, self.mesh,
-                             "a micro-batch (config.training.batch_size / grad_accum_steps)")
+        n = self._num_devices()
+        if n is not None:
+            parallel.mesh_shape(n, self.mesh_options.shape)
+            parallel.check_batch(t.batch_size, n)
+            parallel.check_batch(t.batch_size // t.grad_accum_steps, n,
+                                 "a micro-batch (config.training.batch_size / grad_accum_steps)")
+        from diffjax.objectives import Objective
+        from diffjax.samplers import time_grid
+
+        time_grid(self.schedule, self.grid.num_steps, self.grid.spacing, rho=self.grid.rho)
+        if t.val_every_steps and (type(self.objective).validation_losses
+                                  is Objective.validation_losses):
+            raise ConfigError(f"config.training.val_every_steps={t.val_every_steps} is invalid: "
+                              f"config.objective.name={self.config.objective.name!r} has no "
+                              f"validation loss; set it to 0")
+        self._check_metric_counts()
         if t.val_every_steps and not self.data.val_split:
             raise ConfigError(f"config.training.val_every_steps={t.val_every_steps} is invalid: "
                               f"the validation loss needs a held-out split: set "
@@ -201,6 +234,19 @@ class Experiment:
             logging.warning("config.sampling.guidance_scale=%s but the conditioning never drops "
                             "to the null condition in training (its dropout is 0): the "
                             "unconditional model was never trained", s.guidance_scale)
+
+    def _check_metric_counts(self) -> None:
+        e = self.eval
+        if "inception_score" in self.metrics:
+            splits = self.metrics["inception_score"].options.splits
+            if splits > e.num_samples:
+                raise ConfigError(f"config.eval.inception_score.splits={splits} is invalid: "
+                                  f"must be <= config.eval.num_samples={e.num_samples}")
+        if "precision_recall" in self.metrics:
+            k = self.metrics["precision_recall"].options.k
+            if k >= e.num_samples:
+                raise ConfigError(f"config.eval.precision_recall.k={k} is invalid: must be < "
+                                  f"config.eval.num_samples={e.num_samples}")
 
     @property
     def ema_path(self) -> str:
@@ -263,13 +309,18 @@ class Experiment:
     # -- sampling ----------------------------------------------------------------------------
 
     def generator(self, sampling: settings.SamplingOptions | None = None, grid=None):
-        """A Generator of this experiment's parts with `sampling` (default: config.sampling)."""
+        """A Generator of this experiment's parts with `sampling` (default: config.sampling),
+        whose sampler is sampling.sampler with its options from config.sampling.<sampler>."""
         from diffjax.generator import Generator
 
-        return Generator(self, sampling or self.sampling, grid or self.grid)
+        sampling = sampling or self.sampling
+        sampler = SAMPLERS.get(sampling.sampler)
+        options = part_options(self.config, SAMPLERS, sampling.sampler)
+        return Generator(self, sampling, grid or self.grid, sampler, options)
 
 
-def validate(config) -> Experiment:
+def validate(config, devices: bool = True) -> Experiment:
     """Checks every section of `config` (raising ConfigError naming the bad key, value and what
-    is allowed) by building its Experiment without data; returns it."""
-    return Experiment(config, load_data=False)
+    is allowed) by building its Experiment without data; returns it. devices=False checks it
+    without this machine's devices (see Experiment)."""
+    return Experiment(config, load_data=False, devices=devices)

@@ -11,6 +11,7 @@ import numpy as np
 
 from diffjax import parallel, samplers
 from diffjax.codecs import to_uint8
+from diffjax.errors import ConfigError
 from diffjax.samplers import guidance
 
 
@@ -21,19 +22,29 @@ def mean_nfe(nfes: list[int]) -> float | int:
     return nfes[0] if len(set(nfes)) == 1 else float(np.mean(nfes))
 
 
+def _failed_solve(sampler: str, options) -> str:
+    """The message for a sampler that reported a failed solve (NFE < 0)."""
+    if sampler == "ode":
+        return (f"config.sampling.sampler='ode': the {options.solver} solver did not reach "
+                f"sigma_min within {samplers.ode.MAX_STEPS} steps; loosen "
+                f"config.sampling.ode.rtol={options.rtol} / atol={options.atol}")
+    return (f"config.sampling.sampler={sampler!r} reported a failed solve (NFE < 0); see its "
+            f"options in config.sampling.{sampler}")
+
+
 class Generator:
     """Draws images from a network's params, sharded over all devices.
 
     parts: any object with the typed parts network, schedule, parameterization, codec,
-    conditioning, mesh, sampler (a registry Entry) and sampler_options (an Experiment has them).
-    sampling: settings.SamplingOptions (guidance, labels, batch size, clipping); grid: the
-    samplers' GridOptions."""
+    conditioning and mesh (an Experiment has them). sampling: settings.SamplingOptions (guidance,
+    labels, batch size, clipping); grid: the samplers' GridOptions; sampler: the registry Entry of
+    the sampler, sampler_options: its options."""
 
-    def __init__(self, parts, sampling, grid):
+    def __init__(self, parts, sampling, grid, sampler, sampler_options):
         self.network, self.schedule = parts.network, parts.schedule
         self.parameterization, self.codec = parts.parameterization, parts.codec
         self.conditioning, self.mesh = parts.conditioning, parts.mesh
-        self.sampler, self.sampler_options = parts.sampler, parts.sampler_options
+        self.sampler, self.sampler_options = sampler, sampler_options
         self.sampling, self.grid = sampling, grid
         self.x_shape = tuple(parts.network.x_shape)
         n_dev = self.mesh.devices.size
@@ -54,7 +65,7 @@ class Generator:
         def model_fn(x_t, t, cond):
             outputs = []
             for member in members:
-                apply = lambda x, c, p=member: self.network.apply(  # noqa: E731
+                apply = lambda x, c, p=member: self.network.predict(  # noqa: E731
                     p, x, c, cond, train=False)
                 outputs.append(self.parameterization.network_output(apply, x_t, t,
                                                                     self.schedule))
@@ -150,11 +161,7 @@ class Generator:
                 images, nfe = self._fn(params, self.codec.params, key,
                                        jax.device_put(chunk, parallel.batch_sharding(self.mesh)))
                 if int(nfe) < 0:
-                    raise RuntimeError(
-                        f"config.sampling.sampler='ode': the {self.sampler_options.solver} solver "
-                        f"did not reach sigma_min within {samplers.ode.MAX_STEPS} steps; loosen "
-                        f"config.sampling.ode.rtol={self.sampler_options.rtol} / atol="
-                        f"{self.sampler_options.atol}")
+                    raise ConfigError(_failed_solve(self.sampler.name, self.sampler_options))
                 nfes.append(int(nfe))
                 self.last_nfe = mean_nfe(nfes)
                 images = parallel.to_host(images)[:num_samples - start]

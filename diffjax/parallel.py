@@ -40,19 +40,25 @@ def make_mesh(num_devices: int = -1, shape: tuple[int, int] = (-1, 1)) -> Mesh:
     if num_devices != len(devices) and jax.process_count() > 1:
         raise ConfigError("config.mesh.num_devices must be -1 (all devices) when running "
                           "multi-host")
+    grid = np.array(devices[:num_devices]).reshape(mesh_shape(num_devices, shape))
+    return Mesh(grid, AXES, axis_types=(AxisType.Auto,) * 2)
+
+
+def mesh_shape(num_devices: int, shape) -> tuple[int, int]:
+    """The (data, fsdp) sizes config.mesh.shape gives on num_devices devices (-1 fills); a
+    ConfigError when it does not fit. Pure arithmetic: no devices needed."""
     shape = tuple(int(s) for s in shape)
     if len(shape) != 2 or shape.count(-1) > 1 or any(s == 0 or s < -1 for s in shape):
         raise ConfigError(f"config.mesh.shape={shape} must be (data, fsdp) sizes >= 1, one of "
-                         f"them may be -1 (fill)")
+                          f"them may be -1 (fill)")
     known = math.prod(s for s in shape if s != -1)
     if num_devices % known:
         raise ConfigError(f"config.mesh.shape={shape} does not fit {num_devices} devices")
     shape = tuple(num_devices // known if s == -1 else s for s in shape)
     if math.prod(shape) != num_devices:
         raise ConfigError(f"config.mesh.shape={shape} has {math.prod(shape)} devices, but "
-                         f"{num_devices} are used (config.mesh.num_devices)")
-    grid = np.array(devices[:num_devices]).reshape(shape)
-    return Mesh(grid, AXES, axis_types=(AxisType.Auto,) * 2)
+                          f"{num_devices} are used (config.mesh.num_devices)")
+    return shape
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -86,9 +92,10 @@ def state_sharding(abstract_state, mesh: Mesh):
                         abstract_state)
 
 
-def check_batch(global_batch: int, mesh: Mesh, key: str = "config.training.batch_size") -> None:
-    """Raises if a global batch does not split evenly over the mesh's devices."""
-    n = mesh.devices.size
+def check_batch(global_batch: int, mesh: Mesh | int,
+                key: str = "config.training.batch_size") -> None:
+    """Raises if a global batch does not split evenly over the mesh's devices (or n devices)."""
+    n = mesh if isinstance(mesh, int) else mesh.devices.size
     if global_batch % n:
         raise ConfigError(f"{key}={global_batch} does not divide over {n} devices; use a "
                          f"multiple of {n}")

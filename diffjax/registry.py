@@ -46,7 +46,8 @@ class Registry:
 
         def decorate(factory: Callable) -> Callable:
             old = self._entries.get(name)
-            if old is not None and old.factory.__qualname__ != factory.__qualname__:
+            where = lambda f: (getattr(f, "__module__", None), f.__qualname__)  # noqa: E731
+            if old is not None and where(old.factory) != where(factory):
                 raise ValueError(f"{self.kind} {name!r} is already registered by "
                                  f"{old.factory.__module__}.{old.factory.__qualname__}")
             self._entries[name] = Entry(name, factory, options)

@@ -149,3 +149,70 @@ def test_parts_from_a_config_files_module_train_sample_and_checkpoint_through_la
     assert inpaint.returncode == 2
     assert "config.codec.name='space_to_depth' cannot take inpainting masks" in inpaint.stderr
     assert "Traceback" not in inpaint.stderr
+
+
+def test_start_up_refuses_what_would_fail_later(data_dir):
+    """Rules checked before anything compiles: a validation loss the objective lacks, a grid
+    the schedule cannot give, metric counts larger than the samples."""
+    config = _plugin_config(data_dir)
+    config.data.val_split, config.training.val_every_steps = "train[90%:]", 2
+    with pytest.raises(ValueError, match=r"config.training.val_every_steps=2 is invalid: config."
+                                         r"objective.name='uncertainty_weighted' has no "
+                                         r"validation"):
+        validate(config)
+    from configs import default
+
+    config = default.get_config()
+    config.data.data_dir = data_dir
+    config.sampling.num_steps, config.sampling.spacing = 500, "quadratic"
+    with pytest.raises(ValueError, match=r"config.sampling.spacing='quadratic' gives repeated "
+                                         r"steps for num_steps=500"):
+        validate(config)
+    config = default.get_config()
+    config.data.data_dir, config.eval.num_samples = data_dir, 8
+    with pytest.raises(ValueError, match=r"config.eval.inception_score.splits=10 is invalid: must "
+                                         r"be <= config.eval.num_samples=8"):
+        validate(config)
+
+
+def test_a_config_is_checked_against_the_devices_it_asks_for_not_this_machines(data_dir):
+    from configs import default
+
+    config = default.get_config()  # cpu_devices=4; this process has 8 devices
+    config.data.data_dir, config.mesh.shape = data_dir, (2, 2)
+    validate(config, devices=False)
+    config.mesh.shape = (3, -1)
+    with pytest.raises(ValueError, match=r"config.mesh.shape=\(3, -1\) does not fit 4 devices"):
+        validate(config, devices=False)
+
+
+def test_the_loss_and_the_sampler_see_only_the_prediction_channels():
+    """A network's extra outputs (after its out_channels) never reach the denoising loss."""
+    from diffjax.models import LinenNetwork
+
+    schedule = schedules.make_schedule("linear")
+    network = LinenNetwork(module=None, x_shape=(4, 4, 1), out_channels=1,
+                           extra_outputs=(("log_variance", 1),))
+    with_extra = Denoising(schedule, make_parameterization("eps"), network=network)
+    plain = Denoising(schedule, make_parameterization("eps"))
+    x0 = jax.random.uniform(jax.random.PRNGKey(0), (4, 4, 4, 1), minval=-1, maxval=1)
+    inputs = plain.prepare(x0, {}, jax.random.PRNGKey(1), 0)
+    main = lambda p, x, c, cond: 0.5 * x  # noqa: E731
+    both = lambda p, x, c, cond: jnp.concatenate([0.5 * x, 100.0 + x], -1)  # noqa: E731
+    loss_main = plain.loss({"network": None}, main, inputs, {}, 0)[0]
+    assert with_extra.loss({"network": None}, both, inputs, {}, 0)[0] == loss_main
+    assert not np.isclose(float(plain.loss({"network": None}, both, inputs, {}, 0)[0]),
+                          float(loss_main))  # where the extra channel is not dropped
+
+
+def test_a_generator_samples_with_the_sampler_its_settings_name(data_dir):
+    import dataclasses
+
+    from conftest import tiny_config
+
+    exp = validate(tiny_config(data_dir, **{"sampling.sampler": "ddim", "sampling.num_steps": 3,
+                                            "sampling.batch_size": 4}))
+    gen = exp.generator(dataclasses.replace(exp.sampling, sampler="heun"))
+    assert gen.sampler.name == "heun"
+    _, nfe = gen.sample(exp.init_state().params, 4, seed=0)
+    assert nfe == 2 * 3 - 1

@@ -211,3 +211,29 @@ def test_bfloat16_compute_keeps_float32_params_and_output():
     out_f32 = jax.jit(model.clone(dtype=jnp.float32).apply)({"params": params}, x, t)
     rel_err = float(jnp.linalg.norm(out - out_f32) / jnp.linalg.norm(out_f32))
     assert rel_err < 0.05, rel_err
+
+
+def test_the_network_contract_takes_two_noise_inputs_and_splits_extra_outputs():
+    """A network may take two time inputs (MeanFlow's (r, t)) and emit extra outputs after its
+    prediction channels (e.g. a learned variance), split off by name."""
+    import flax.linen as nn
+
+    from diffjax.models import LinenNetwork
+
+    class TwoTimes(nn.Module):
+        @nn.compact
+        def __call__(self, x, noise_cond, labels=None, train=False):
+            r, t = noise_cond
+            scale = nn.Dense(1)((t - r)[:, None])[:, :, None, None]
+            return jnp.concatenate([x * scale, jnp.full_like(x, 7.0), -x], axis=-1)
+
+    network = LinenNetwork(module=TwoTimes(), x_shape=(4, 4, 2), out_channels=2,
+                           extra_outputs=(("log_variance", 2), ("aux", 2)), num_noise_inputs=2)
+    params = network.init(jax.random.PRNGKey(0))
+    assert params["Dense_0"]["kernel"].shape == (1, 1)
+    x = jax.random.normal(jax.random.PRNGKey(1), (3, 4, 4, 2))
+    out = network.apply(params, x, (jnp.zeros(3), jnp.ones(3)), {})
+    main, extras = network.split_output(out)
+    assert main.shape == (3, 4, 4, 2) and set(extras) == {"log_variance", "aux"}
+    np.testing.assert_array_equal(extras["log_variance"], 7.0)
+    np.testing.assert_array_equal(extras["aux"], -x)

@@ -17,7 +17,7 @@ METRICS = Registry("metric", "eval.metrics", "eval")
 
 
 class Metric:
-    """generated: {'mu', 'sigma', 'num_samples'} plus 'features' [N, 2048] / 'logits' [N, 1008]
+    """generated: {'mu', 'sigma', 'num'} plus 'features' [N, 2048] / 'logits' [N, 1008]
     as needed; reference: {'mu', 'sigma', 'features'}. score() returns {name: value}."""
 
     needs_features: bool = False

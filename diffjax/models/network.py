@@ -49,6 +49,12 @@ class Network:
         dropout key when train. Returns [B,H,W,out_channels + extra] float32."""
         raise NotImplementedError
 
+    def predict(self, params, x, noise_cond, cond: dict, train: bool = False, rng=None):
+        """The parameterization's prediction: apply's first out_channels channels (extra
+        outputs dropped). [B,H,W,out_channels]."""
+        output = self.apply(params, x, noise_cond, cond, train, rng)
+        return output[..., :self.out_channels] if self.extra_outputs else output
+
     def split_output(self, output) -> tuple[jax.Array, dict[str, jax.Array]]:
         """output [B,H,W,out+extra] -> (the prediction [B,H,W,out], {extra name: [B,H,W,c]})."""
         main, start, extras = output[..., :self.out_channels], self.out_channels, {}

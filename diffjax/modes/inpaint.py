@@ -54,6 +54,7 @@ def _complete_all(exp, inpainter, params) -> dict:
 
 def inpaint_workdir(exp) -> str:
     """Completes and scores the images; returns the path of the JSON with PSNR/SSIM."""
+    exp.codec.encode_mask(np.ones((1, *exp.image_shape[:2], 1), np.float32))  # or ConfigError
     params, step = restore.sampling_params(exp, exp.workdir)  # EMA, or an ensemble
     inpainter = Inpainter(exp.generator(), exp.inpaint, exp.repaint_options)
     icfg, s = exp.inpaint, exp.sampling

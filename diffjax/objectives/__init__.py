@@ -21,8 +21,9 @@ from diffjax.registry import Registry
 
 OBJECTIVES = Registry("objective", "objective.name", "objective")
 
-# apply(network params, x [B,H,W,C], noise_cond [B], cond) -> network output [B,H,W,C'], with the
-# train flag and the dropout key already bound by the caller.
+# apply(network params, x [B,H,W,C], noise_cond [B], cond) -> the network's whole output
+# [B,H,W,C + extra channels] (see diffjax.models.network), with the train flag and the dropout key
+# already bound by the caller.
 Apply = Callable
 
 
@@ -67,10 +68,11 @@ class Objective:
         return state
 
     def validation_losses(self, params: dict, apply: Apply, x, cond: dict, rng,
-                          num_levels: int):
-        """Deterministic per-example losses [K, B] of held-out x at K fixed noise levels, or
-        None where the objective has no such loss."""
-        return None
+                          num_levels: int, state=None):
+        """Deterministic per-example losses [K, B] of held-out x at K fixed noise levels.
+        params: as in loss; state: the objective's non-trained state. An objective without one
+        leaves this as is, and training.val_every_steps must be 0 for it."""
+        raise NotImplementedError
 
 
 def make_objective(name: str, options, ctx: ObjectiveContext) -> Objective:

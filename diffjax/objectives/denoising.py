@@ -51,11 +51,17 @@ class DenoisingOptions:
 
 @dataclasses.dataclass(frozen=True)
 class Denoising(Objective):
-    """See the module docstring. schedule, parameterization: typed parts; options: above."""
+    """See the module docstring. schedule, parameterization: typed parts; options: above;
+    network: where given, its extra outputs are dropped before the loss."""
 
     schedule: object
     parameterization: object
     options: DenoisingOptions = DenoisingOptions()
+    network: object = None
+
+    def _prediction(self, output):
+        net = self.network
+        return output[..., :net.out_channels] if net is not None and net.extra_outputs else output
 
     def draw_noise(self, rng, shape: tuple[int, ...], step=None):
         """Times t [B] and noise eps [B, H, W, C] of one batch. step: the train step (int32,
@@ -89,7 +95,8 @@ class Denoising(Objective):
         return weight * mse
 
     def loss(self, params, apply, inputs, state, step):
-        net = lambda x, c_noise: apply(params["network"], x, c_noise, inputs["cond"])  # noqa: E731
+        net = lambda x, c_noise: self._prediction(  # noqa: E731
+            apply(params["network"], x, c_noise, inputs["cond"]))
         per_example = self.per_example_loss(net, inputs["x"], inputs["t"], inputs["eps"])
         return jnp.mean(per_example), {}
 
@@ -99,10 +106,11 @@ class Denoising(Objective):
         return time_sampling.time_quantiles(self.schedule, o.time_sampling, num_levels,
                                             o.p_mean, o.p_std)
 
-    def validation_losses(self, params, apply, x, cond, rng, num_levels: int):
+    def validation_losses(self, params, apply, x, cond, rng, num_levels: int, state=None):
         """The loss of x at each fixed time ts[k] of validation_times, with noise
         eps_k = normal(fold_in(rng, k), x.shape): [K, B], deterministic (one pass per level)."""
-        net = lambda x_in, c_noise: apply(params["network"], x_in, c_noise, cond)  # noqa: E731
+        net = lambda x_in, c_noise: self._prediction(  # noqa: E731
+            apply(params["network"], x_in, c_noise, cond))
         ts = jnp.asarray(self.validation_times(num_levels), jnp.float32)
 
         def level(inputs):
@@ -115,4 +123,4 @@ class Denoising(Objective):
 
 @OBJECTIVES.register("denoising", options=DenoisingOptions)
 def denoising(options: DenoisingOptions, ctx: ObjectiveContext) -> Denoising:
-    return Denoising(ctx.schedule, ctx.parameterization, options)
+    return Denoising(ctx.schedule, ctx.parameterization, options, ctx.network)

@@ -9,6 +9,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from diffjax.errors import ConfigError
+
 SPACINGS = ("uniform", "leading", "trailing", "quadratic", "karras")
 
 
@@ -58,10 +60,10 @@ def time_grid(schedule, num_steps: int, spacing: str = "uniform", t_min: float |
       step index, as k-diffusion does).
     """
     if spacing not in SPACINGS:
-        raise ValueError(f"config.sampling.spacing={spacing!r} is unknown; allowed: "
+        raise ConfigError(f"config.sampling.spacing={spacing!r} is unknown; allowed: "
                          f"{', '.join(SPACINGS)}")
     if num_steps < 1:
-        raise ValueError(f"config.sampling.num_steps={num_steps} must be >= 1")
+        raise ConfigError(f"config.sampling.num_steps={num_steps} must be >= 1")
     t_min = default_t_min(schedule) if t_min is None else t_min
     if spacing == "karras":
         return _karras_times(schedule, num_steps, t_min, rho)
@@ -79,7 +81,7 @@ def time_grid(schedule, num_steps: int, spacing: str = "uniform", t_min: float |
 
 def _discrete_times(T: int, num_steps: int, spacing: str) -> np.ndarray:
     if num_steps > T:
-        raise ValueError(f"config.sampling.num_steps={num_steps} exceeds the schedule's {T} steps")
+        raise ConfigError(f"config.sampling.num_steps={num_steps} exceeds the schedule's {T} steps")
     if spacing == "uniform":
         index = np.round(np.linspace(0, T - 1, num_steps))
     elif spacing == "leading":
@@ -90,7 +92,7 @@ def _discrete_times(T: int, num_steps: int, spacing: str) -> np.ndarray:
         index = np.linspace(0, np.sqrt(0.8 * T), num_steps) ** 2
     index = np.unique(np.round(index).astype(np.int64))[::-1]
     if len(index) != num_steps:
-        raise ValueError(f"config.sampling.spacing={spacing!r} gives repeated steps for "
+        raise ConfigError(f"config.sampling.spacing={spacing!r} gives repeated steps for "
                          f"num_steps={num_steps}; use fewer steps or another spacing")
     return ((index + 1.0) / T).astype(np.float32)
 
@@ -106,7 +108,7 @@ def _karras_times(schedule, num_steps: int, t_min: float, rho: float) -> np.ndar
         ts[-1] = t_min
     ts = ts.astype(np.float32)
     if np.any(np.diff(ts) >= 0):
-        raise ValueError(f"config.sampling.spacing='karras' with num_steps={num_steps} and "
+        raise ConfigError(f"config.sampling.spacing='karras' with num_steps={num_steps} and "
                          f"rho={rho} gives repeated times on schedule {schedule.name!r}; "
                          f"use fewer steps")
     return ts

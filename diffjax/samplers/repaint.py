@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from diffjax.errors import ConfigError
 from diffjax.samplers.prediction import Prediction, initial_x, posterior
 
 MASKS = ("center_box", "left_half", "random_pixels")
@@ -27,9 +28,10 @@ def make_masks(kind: str, shape, fraction: float = 0.25, seed=0) -> np.ndarray:
     random_pixels: each pixel is missing independently with probability `fraction`, drawn from
     np.random.default_rng(seed) (an int or a sequence of ints)."""
     if kind not in MASKS:
-        raise ValueError(f"config.inpaint.mask={kind!r} is unknown; allowed: {', '.join(MASKS)}")
+        raise ConfigError(f"config.inpaint.mask={kind!r} is unknown; allowed: {', '.join(MASKS)}")
     if not 0.0 < fraction < 1.0:
-        raise ValueError(f"config.inpaint.mask_fraction={fraction!r} is invalid: must be in (0, 1)")
+        raise ConfigError(f"config.inpaint.mask_fraction={fraction!r} is invalid: must be in "
+                          f"(0, 1)")
     batch, height, width = shape[0], shape[1], shape[2]
     mask = np.ones((batch, height, width, 1), np.float32)
     if kind == "center_box":
@@ -50,7 +52,7 @@ def jump_schedule(num_steps: int, jump_length: int = 10, resample: int = 10) -> 
     Going down is a denoising step, going up one level a forward-noising step. At every level
     j = 0, L, 2L, ... < K - L the walk jumps back up L levels, `resample - 1` times."""
     if jump_length < 1 or resample < 1:
-        raise ValueError(f"config.inpaint.jump_length={jump_length} and config.inpaint.resample="
+        raise ConfigError(f"config.inpaint.jump_length={jump_length} and config.inpaint.resample="
                          f"{resample} must both be >= 1")
     jumps = {j: resample - 1 for j in range(0, num_steps - jump_length, jump_length)}
     level, levels = num_steps, []

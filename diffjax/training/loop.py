@@ -218,7 +218,7 @@ class _Run:
         validation = {}
         if self.val_every and (done % self.val_every == 0 or last):
             t_val = time.time()
-            validation["val_loss"] = self.val_loss(self.state.params)
+            validation["val_loss"] = self.val_loss(self.state)
             self.t_last += time.time() - t_val  # not counted in the training throughput
         if done % t.log_every_steps == 0 or last:
             self._log_interval(done, validation, bar)

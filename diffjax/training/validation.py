@@ -18,20 +18,21 @@ def num_val_batches(training, num_examples: int) -> int:
 
 
 def make_val_loss(exp):
-    """Returns val_loss(params) -> float: the objective's validation_losses on the held-out
+    """Returns val_loss(train_state) -> float: the objective's validation_losses on the held-out
     batches of exp.val_pipeline at training.val_num_levels fixed levels, with noise from
-    PRNGKey(0) folded with the batch index, no dropout and the batch's own condition. The same
-    params give the same value. None where the objective has no validation loss."""
+    PRNGKey(0) folded with the batch index, no dropout and the batch's own condition, given the
+    network's params and the objective's groups and state. The same state gives the same value.
+    None where the objective has no validation loss."""
     network, objective, codec, cond_part = exp.network, exp.objective, exp.codec, exp.conditioning
     levels = exp.training.val_num_levels
 
     def apply(params, x, noise_cond, cond):
         return network.apply(params, x, noise_cond, cond, train=False)
 
-    def batch_loss(params, codec_params, batch, rng):
+    def batch_loss(params, objective_state, codec_params, batch, rng):
         x = codec.encode(codec_params, batch["image"])
-        losses = objective.validation_losses({"network": params}, apply, x,
-                                             cond_part.true(batch), rng, levels)
+        losses = objective.validation_losses(params, apply, x, cond_part.true(batch), rng, levels,
+                                             objective_state)
         return jnp.sum(losses)
 
     if type(objective).validation_losses is Objective.validation_losses:
@@ -42,11 +43,12 @@ def make_val_loss(exp):
                for b in range(count_batches)]
     count = len(batches) * exp.training.batch_size * levels
 
-    def val_loss(params) -> float:
+    def val_loss(train_state) -> float:
+        params = {"network": train_state.params, **train_state.objective.params}
         total = 0.0
         for b, batch in enumerate(batches):
             rng = jax.random.fold_in(jax.random.PRNGKey(0), b)
-            total += float(fn(params, exp.codec.params, batch, rng))
+            total += float(fn(params, train_state.objective.state, exp.codec.params, batch, rng))
         return total / count
 
     return val_loss
