@@ -194,9 +194,7 @@ class Experiment:
             parallel.check_batch(t.batch_size // t.grad_accum_steps, n,
                                  "a micro-batch (config.training.batch_size / grad_accum_steps)")
         from diffjax.objectives import Objective
-        from diffjax.samplers import time_grid
 
-        time_grid(self.schedule, self.grid.num_steps, self.grid.spacing, rho=self.grid.rho)
         if t.val_every_steps and (type(self.objective).validation_losses
                                   is Objective.validation_losses):
             raise ConfigError(f"config.training.val_every_steps={t.val_every_steps} is invalid: "
@@ -211,6 +209,9 @@ class Experiment:
         if self.schedule.is_discrete and s.num_steps > self.schedule.num_timesteps:
             raise ConfigError(f"config.sampling.num_steps={s.num_steps} is invalid: must be <= "
                               f"the schedule's num_timesteps={self.schedule.num_timesteps}")
+        from diffjax.samplers import time_grid
+
+        time_grid(self.schedule, self.grid.num_steps, self.grid.spacing, rho=self.grid.rho)
         kept = self.ema.keys()
         for decay in s.ema_decays:
             if decay != 0.0 and decay not in kept:
@@ -237,7 +238,8 @@ class Experiment:
 
     def _check_metric_counts(self) -> None:
         e = self.eval
-        if "inception_score" in self.metrics:
+        # The default weights have no 1008-way head: IS is then never computed.
+        if "inception_score" in self.metrics and e.weights not in ("", "default"):
             splits = self.metrics["inception_score"].options.splits
             if splits > e.num_samples:
                 raise ConfigError(f"config.eval.inception_score.splits={splits} is invalid: "

@@ -170,8 +170,10 @@ def test_start_up_refuses_what_would_fail_later(data_dir):
         validate(config)
     config = default.get_config()
     config.data.data_dir, config.eval.num_samples = data_dir, 8
-    with pytest.raises(ValueError, match=r"config.eval.inception_score.splits=10 is invalid: must "
-                                         r"be <= config.eval.num_samples=8"):
+    config.eval.metrics = ("fid", "precision_recall")
+    config.eval.precision_recall.k = 8
+    with pytest.raises(ValueError, match=r"config.eval.precision_recall.k=8 is invalid: must be < "
+                                         r"config.eval.num_samples=8"):
         validate(config)
 
 
