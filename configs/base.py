@@ -20,18 +20,21 @@ def get_config() -> ml_collections.ConfigDict:
     config.codec = plugins.section(plugins.KINDS["codec"], name="pixels")
     # what the network is conditioned on: none | class_label (with label dropout for guidance)
     config.conditioning = plugins.section(plugins.KINDS["conditioning"], name="none")
-    config.model = plugins.section(plugins.KINDS["model"], name="unet")
+    config.model = plugins.section(plugins.KINDS["model"], name="unet")  # unet | dit
     # the forward process and the meaning of the network's output, shared by training and
-    # sampling: schedule linear | cosine | sigmoid | vp_linear | vp_cosine | ve | edm, each with
-    # its options in diffusion.<schedule>; parameterization eps | x0 | v | edm
+    # sampling: schedule linear | cosine | sigmoid | vp_linear | vp_cosine | ve | edm, or the
+    # flow-matching interpolants flow_linear | flow_gvp, each with its options in
+    # diffusion.<schedule>; parameterization eps | x0 | v | edm | velocity (flow matching's)
     config.diffusion = plugins.section(plugins.KINDS["diffusion"], schedule="linear",
                                        parameterization="eps", sigma_data=0.5)
+    # denoising (diffusion schedules) | flow_matching (interpolants), options in objective.<name>
     config.objective = plugins.section(plugins.KINDS["objective"], name="denoising")
     config.ema = plugins.section(plugins.KINDS["ema"], name="fixed")
     config.optim = plugins.settings_section(settings.OptimOptions)
     config.training = plugins.settings_section(settings.TrainingOptions)
-    # sampler ddpm | ddim | euler | heun | dpmpp_2m | dpmpp_3m | pc | ode, options in
-    # sampling.<sampler>; the grid (num_steps, spacing, rho) is shared
+    # sampler ddpm | ddim | euler | heun | dpmpp_2m | dpmpp_3m | pc | ode | flow_euler |
+    # flow_heun | flow_sde, options in sampling.<sampler>; the grid (num_steps, spacing, rho) is
+    # shared
     config.sampling = plugins.settings_with_parts(settings.SamplingOptions,
                                                   plugins.KINDS["sampling"])
     config.inpaint = plugins.settings_section(settings.InpaintOptions)  # --mode=inpaint

@@ -158,8 +158,9 @@ class Experiment:
         schedule_name = diffusion["schedule"]
         self.schedule = _build(schedules.SCHEDULES, schedule_name,
                                part_options(config, schedules.SCHEDULES, schedule_name))
-        self.parameterization = parameterizations.PARAMETERIZATIONS.get(
-            diffusion["parameterization"]).factory(sigma_data=float(diffusion["sigma_data"]))
+        self.parameterization = parameterizations.make_parameterization(
+            parameterizations.PARAMETERIZATIONS.get(diffusion["parameterization"]).name,
+            float(diffusion["sigma_data"]), self.schedule)
         spec = NetworkSpec(self.x_shape, self.conditioning.num_classes,
                            self.training.compute_dtype)
         self.network = _build(NETWORKS, *selected(config, NETWORKS), spec)
@@ -223,6 +224,9 @@ class Experiment:
             raise ConfigError(f"config.sampling.guidance_scale={s.guidance_scale} is invalid: "
                               f"guidance needs a conditioning with a null condition, e.g. "
                               f"config.conditioning.name='class_label'")
+        if s.guidance_channels > self.x_shape[-1]:
+            raise ConfigError(f"config.sampling.guidance_channels={s.guidance_channels} is "
+                              f"invalid: x has {self.x_shape[-1]} channels (0: guide all)")
         if s.labels and not cond.num_classes:
             raise ConfigError(f"config.sampling.labels={tuple(s.labels)} is invalid: labels need "
                               f"a class-conditional model (config.conditioning.name="

@@ -83,7 +83,7 @@ class Generator:
             return lambda x_t, t: model_fn(x_t, t, cond)
         return guidance.classifier_free(model_fn, cond, self.conditioning.null(cond),
                                         s.guidance_scale, self.schedule, s.guidance_sigma_min,
-                                        s.guidance_sigma_max)
+                                        s.guidance_sigma_max, s.guidance_channels)
 
     @property
     def clip(self):

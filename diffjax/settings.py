@@ -87,6 +87,7 @@ class SamplingOptions:
     guidance_scale: float = 1.0        # classifier-free guidance w: 1 = conditional, 0 = uncond.
     guidance_sigma_min: float = 0.0    # guide only where min < sigma/alpha <= max
     guidance_sigma_max: float = math.inf
+    guidance_channels: int = 0         # guide only the first N output channels (0: all)
     labels: tuple = ()                 # class labels cycled over samples; () = random
     num_samples: int = 64
     batch_size: int = 64               # global, per sampling call
@@ -102,6 +103,8 @@ class SamplingOptions:
         check(0 <= self.guidance_sigma_min < self.guidance_sigma_max, "guidance_sigma_min",
               self.guidance_sigma_min,
               f"need 0 <= guidance_sigma_min < guidance_sigma_max (={self.guidance_sigma_max})")
+        check(self.guidance_channels >= 0, "guidance_channels", self.guidance_channels,
+              "must be >= 0 (0: all channels)")
         labels = tuple(self.labels)
         check(all(isinstance(x, int) and x >= 0 for x in labels), "labels", labels,
               "must be a tuple of class indices, e.g. (3,) or (0, 1, 2); () for random labels")

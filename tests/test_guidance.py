@@ -162,3 +162,15 @@ def test_guidance_on_an_unconditional_model_is_rejected(data_dir):
     with pytest.raises(ValueError, match=r"config.sampling.labels=\(12,\) is invalid: labels must "
                                          r"be in \[0, 10\)"):
         validate(config)
+
+
+def test_guidance_on_the_first_channels_only_as_dit_and_sit_sample():
+    """channels=1 of 2: channel 0 is uncond + w (cond - uncond), channel 1 stays conditional."""
+    x = jax.random.normal(jax.random.PRNGKey(0), (4, 3, 3, 2))
+    t, labels = jnp.full((4,), 0.4), jnp.arange(4)
+    guided = guidance.classifier_free(class_model, labels, _null(labels), 4.0, channels=1)(x, t)
+    cond, uncond = class_model(x, t, labels), class_model(x, t, _null(labels))
+    np.testing.assert_allclose(guided[..., 0], uncond[..., 0] + 4.0 * (cond[..., 0] -
+                                                                        uncond[..., 0]), rtol=1e-5)
+    np.testing.assert_allclose(guided[..., 1], cond[..., 1], rtol=1e-6)
+    assert not np.allclose(guided[..., 1], uncond[..., 1] + 4.0 * (cond[..., 1] - uncond[..., 1]))

@@ -6,11 +6,21 @@ import numpy as np
 import pytest
 
 from diffjax.core import schedules, time_sampling, weightings
-from diffjax.core.parameterizations import PARAMETERIZATIONS, edm_preconditioning
-from diffjax.core.parameterizations import make_parameterization as P
+from diffjax.core.parameterizations import (
+    PARAMETERIZATIONS,
+    edm_preconditioning,
+    make_parameterization,
+)
 from diffjax.objectives.denoising import Denoising
 
 NAMES = PARAMETERIZATIONS.names()
+FLOW = schedules.make_schedule("flow_linear")
+
+
+def P(name, sigma_data=0.5):
+    """The parameterization `name`; velocity's rates are the linear interpolant's (constant, so
+    its identities hold at any alpha, sigma)."""
+    return make_parameterization(name, sigma_data, schedule=FLOW)
 
 
 def _draw(seed=0, batch=6):
@@ -192,7 +202,8 @@ def test_x0_is_c_skip_x_t_plus_c_out_times_the_output(param, ve):
     expected = {"eps": (1 / a, -s / a), "x0": (0 * a, 1 + 0 * a),
                 "v": (a / (a**2 + s**2), -s / (a**2 + s**2)),
                 "edm": (sd**2 / ((s / a) ** 2 + sd**2) / a,
-                        (s / a) * sd / np.sqrt((s / a) ** 2 + sd**2))}[param]
+                        (s / a) * sd / np.sqrt((s / a) ** 2 + sd**2)),
+                "velocity": (1 / (a + s), -s / (a + s))}[param]  # x0 = x_t - t v at a + s = 1
     c_skip, c_out = P(param).c_skip_out(alpha, sigma)
     np.testing.assert_allclose(c_skip, expected[0], rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(c_out, expected[1], rtol=1e-5, atol=1e-7)

@@ -4,6 +4,9 @@ input scale c_in, its noise conditioning c_noise and the skip/output scales c_sk
 Forward process: x_t = alpha x_0 + sigma eps. Every parameterization writes the denoised
 estimate as x0_hat = c_skip x_t + c_out F(c_in x_t, c_noise), where F is the network:
   eps: F predicts the noise;  x0: the clean image;  v = alpha eps - sigma x0 (Salimans & Ho 2022);
+  velocity: the flow-matching velocity dx_t/dt = alpha'(t) x0 + sigma'(t) eps (Lipman et al. 2023;
+       SiT): eps - x0 on the linear interpolant; it needs the schedule's rates, so it is built
+       with the schedule;
   edm: F of the EDM preconditioning (Karras et al. 2022, Table 1) at the VE-equivalent noise level
        s = sigma / alpha acting on x_t / alpha, so it works on VP schedules too
        (x_t / alpha = x0 + (sigma / alpha) eps).
@@ -213,12 +216,54 @@ class EDM(Parameterization):
         return 1.0 + sigma**2 / (alpha**2 * self.sigma_data**2)
 
 
-for _cls in (Eps, X0, V, EDM):
+@dataclasses.dataclass(frozen=True)
+class Velocity(Parameterization):
+    """The velocity v = a x0 + b eps with (a, b) = schedule.rates(alpha, sigma) = the time
+    derivatives of (alpha, sigma). With det = alpha b - sigma a (1 on the linear interpolant):
+    x0 = (b x_t - sigma v) / det, eps = (alpha v - a x_t) / det."""
+
+    name: ClassVar[str] = "velocity"
+    schedule: object = None
+
+    def _rates(self, alpha, sigma):
+        if self.schedule is None:
+            raise ValueError("the velocity parameterization needs its schedule: "
+                             "make_parameterization('velocity', schedule=...)")
+        alpha, sigma = _f32(alpha, sigma)
+        a, b = self.schedule.rates(alpha, sigma)
+        return a, b, alpha * b - sigma * a
+
+    def c_skip_out(self, alpha, sigma):
+        _, b, det = self._rates(alpha, sigma)
+        return b / det, -jnp.asarray(sigma, jnp.float32) / det
+
+    def x0_eps(self, x_t, output, alpha, sigma):
+        a, b, det = self._rates(alpha, sigma)
+        x0 = (bcast(b, x_t) * x_t - bcast(sigma, x_t) * output) / bcast(det, x_t)
+        eps = (bcast(alpha, x_t) * output - bcast(a, x_t) * x_t) / bcast(det, x_t)
+        return x0, eps
+
+    def target(self, x0, eps, alpha, sigma):
+        a, b, _ = self._rates(alpha, sigma)
+        return bcast(a, x0) * x0 + bcast(b, x0) * eps
+
+    def error_scale(self, alpha, sigma):
+        """det^2 / alpha^2 (1 / (1 - t)^2 on the linear interpolant)."""
+        _, _, det = self._rates(alpha, sigma)
+        return det**2 / jnp.asarray(alpha, jnp.float32) ** 2
+
+
+for _cls in (Eps, X0, V, EDM, Velocity):
     PARAMETERIZATIONS.register(_cls.name)(_cls)
 
 
-def make_parameterization(name: str | Parameterization, sigma_data: float = 0.5):
-    """The parameterization registered as `name` (an object passes through)."""
+def make_parameterization(name: str | Parameterization, sigma_data: float = 0.5,
+                          schedule=None):
+    """The parameterization registered as `name` (an object passes through); `schedule` is
+    given to those that need it (velocity)."""
     if isinstance(name, Parameterization):
         return name
-    return PARAMETERIZATIONS.get(name).factory(sigma_data=sigma_data)
+    cls = PARAMETERIZATIONS.get(name).factory
+    if "schedule" in {f.name for f in dataclasses.fields(cls)}:
+        return cls(sigma_data=sigma_data, schedule=schedule)
+    return cls(sigma_data=sigma_data)

@@ -5,6 +5,12 @@ x_t = alpha(t) * x_0 + sigma(t) * eps. Variance-preserving (VP) schedules have
 alpha^2 + sigma^2 = 1; variance-exploding (VE, EDM) ones have alpha = 1.
 log-SNR is logsnr(t) = log(alpha^2 / sigma^2) and decreases strictly with t.
 
+Flow-matching interpolants (Lipman et al. 2023; Liu et al. 2023; Ma et al. 2024, SiT) are schedules
+too: the linear / rectified flow x_t = (1 - t) x_0 + t eps and SiT's GVP (cos, sin). They reach
+alpha = 0 at t = 1, where sigma / alpha is infinite, so their sampling grids start at t_max < 1.
+Every schedule gives the time derivatives of alpha and sigma (`rates`), which a velocity
+parameterization needs.
+
 Discrete schedules (DDPM beta tables) put step i in {0, ..., T-1} at t = (i + 1) / T, the network
 sees the integer index i, and log-SNR is interpolated linearly in t between grid points.
 """
@@ -15,6 +21,7 @@ import dataclasses
 import math
 from typing import ClassVar
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -74,9 +81,22 @@ class _Base:
 
     variance_preserving: bool = True
     is_discrete: bool = False
+    is_interpolant: bool = False    # a flow-matching path with alpha(1) = 0
+    t_max: float = 1.0              # the largest sampling time (the grid's t_0)
+    sampling_t_min: float | None = None  # the smallest; None: grids.default_t_min's rule
 
     def logsnr(self, t):
         raise NotImplementedError
+
+    def rates(self, alpha, sigma):
+        """(d alpha / dt, d sigma / dt) at the time with this (alpha, sigma), as a function of
+        them (t = t_from_logsnr(log alpha^2 / sigma^2)). [B] or scalars each."""
+        alpha, sigma = jnp.asarray(alpha, jnp.float32), jnp.asarray(sigma, jnp.float32)
+        t = self.t_from_logsnr(jnp.log(alpha**2) - jnp.log(sigma**2))
+        tangent = jnp.ones_like(t)
+        _, d_alpha = jax.jvp(self.alpha, (t,), (tangent,))
+        _, d_sigma = jax.jvp(self.sigma, (t,), (tangent,))
+        return d_alpha, d_sigma
 
     def alpha(self, t):
         """Signal scale alpha(t)."""
@@ -237,6 +257,73 @@ class EDMSchedule(_Base):
         return (sigma ** (1 / self.rho) - lo) / (hi - lo)
 
 
+@dataclasses.dataclass(frozen=True)
+class LinearInterpolant(_Base):
+    """Linear / rectified flow (Liu et al. 2023; SiT 'Linear'; SD3): alpha = 1 - t, sigma = t,
+    velocity dx/dt = eps - x0. t_max: the first sampling time (alpha(1) = 0)."""
+
+    t_max: float = 0.999
+    name: ClassVar[str] = "flow_linear"
+    variance_preserving = False
+    is_interpolant = True
+    sampling_t_min = 1e-3
+
+    def __post_init__(self):
+        _check_t_max(self.t_max)
+
+    def alpha(self, t):
+        return 1.0 - jnp.asarray(t, jnp.float32)
+
+    def sigma(self, t):
+        return jnp.asarray(t, jnp.float32)
+
+    def logsnr(self, t):
+        t = jnp.asarray(t, jnp.float32)
+        return 2.0 * (jnp.log1p(-t) - jnp.log(t))
+
+    def t_from_logsnr(self, logsnr):
+        return jax.nn.sigmoid(-0.5 * jnp.asarray(logsnr, jnp.float32))
+
+    def rates(self, alpha, sigma):
+        alpha = jnp.asarray(alpha, jnp.float32) * jnp.ones_like(jnp.asarray(sigma, jnp.float32))
+        return -jnp.ones_like(alpha), jnp.ones_like(alpha)
+
+
+@dataclasses.dataclass(frozen=True)
+class GVPInterpolant(_Base):
+    """SiT's generalized variance-preserving path (Ma et al. 2024, Sec. 3):
+    alpha = cos(pi t / 2), sigma = sin(pi t / 2); logsnr = -2 log tan(pi t / 2)."""
+
+    t_max: float = 0.999
+    name: ClassVar[str] = "flow_gvp"
+    is_interpolant = True
+    sampling_t_min = 1e-3
+
+    def __post_init__(self):
+        _check_t_max(self.t_max)
+
+    def alpha(self, t):  # sin(pi (1 - t) / 2): exactly 0 at t = 1 in float32, where cos is not
+        return jnp.sin(0.5 * math.pi * (1.0 - jnp.asarray(t, jnp.float32)))
+
+    def sigma(self, t):
+        return jnp.sin(0.5 * math.pi * jnp.asarray(t, jnp.float32))
+
+    def logsnr(self, t):
+        return 2.0 * (jnp.log(self.alpha(t)) - jnp.log(self.sigma(t)))
+
+    def t_from_logsnr(self, logsnr):
+        return jnp.arctan(jnp.exp(-0.5 * jnp.asarray(logsnr, jnp.float32))) * (2.0 / math.pi)
+
+    def rates(self, alpha, sigma):
+        alpha, sigma = jnp.asarray(alpha, jnp.float32), jnp.asarray(sigma, jnp.float32)
+        return -0.5 * math.pi * sigma, 0.5 * math.pi * alpha
+
+
+def _check_t_max(t_max: float) -> None:
+    check(0.5 < t_max < 1, "t_max", t_max, "must be in (0.5, 1): alpha(1) = 0, so sampling "
+          "starts below t = 1 (e.g. 0.999)")
+
+
 def _check_sigma_range(sigma_min: float, sigma_max: float) -> None:
     check(0 < sigma_min < sigma_max, "sigma_min", sigma_min,
           f"need 0 < sigma_min < sigma_max (={sigma_max})")
@@ -291,7 +378,8 @@ def _sigmoid_table(o: BetaRange) -> DiscreteSchedule:
                             "sigmoid")
 
 
-for _cls in (VPLinear, VPCosine, VESchedule, EDMSchedule):  # each schedule is its own options
+# each schedule is its own options
+for _cls in (VPLinear, VPCosine, VESchedule, EDMSchedule, LinearInterpolant, GVPInterpolant):
     SCHEDULES.register(_cls.name, options=_cls)(lambda options: options)
 
 

@@ -7,6 +7,7 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from diffjax.options import check
 
@@ -105,3 +106,58 @@ def time_quantiles(schedule, mode: str, num_levels: int, p_mean: float = -1.2,
         return t_min + u * (1.0 - t_min)
     log_sigma = p_mean + p_std * jax.scipy.special.ndtri(u)
     return jnp.clip(schedule.t_from_logsnr(-2.0 * log_sigma), t_min, 1.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Flow matching (t = 1: noise).
+
+FLOW_TIME_SAMPLINGS = ("uniform", "logit_normal")
+
+
+def shift_time(t, shift: float):
+    """SD3's timestep shift (Esser et al. 2024, eq. 23): t' = s t / (1 + (s - 1) t); s > 1 moves
+    mass toward noise (t = 1). Flux's exp(mu) / (exp(mu) + 1/t - 1) is the same map with
+    s = exp(mu). t: [B] in [0, 1] -> [B]."""
+    t = jnp.asarray(t, jnp.float32)
+    return shift * t / (1.0 + (shift - 1.0) * t)
+
+
+def resolution_shift(shift: float, base_size: int, height: int, width: int) -> float:
+    """SD3's resolution-dependent shift (Sec. 5.3.2): s = shift sqrt(H W / base_size^2), the
+    factor that keeps the noise-to-signal ratio of a base_size x base_size image at H x W;
+    base_size 0: `shift` unchanged."""
+    if base_size <= 0:
+        return float(shift)
+    return float(shift) * float(np.sqrt(height * width / base_size**2))
+
+
+def flow_time(rng, batch_size: int, mode: str = "uniform", logit_mean: float = 0.0,
+              logit_std: float = 1.0, shift: float = 1.0, t_min: float = 0.0,
+              t_max: float = 1.0):
+    """Flow-matching training times: [B] float32 in [t_min, t_max].
+
+    uniform:      t ~ U[0, 1] (Lipman et al. 2023; SiT);
+    logit_normal: t = sigmoid(u), u ~ N(logit_mean, logit_std^2) (SD3, Esser et al. 2024, eq. 19;
+                  m = 0, s = 1 there);
+    then SD3's shift (shift_time) and a clip to [t_min, t_max]."""
+    if mode not in FLOW_TIME_SAMPLINGS:
+        raise ValueError(f"time_sampling={mode!r} is unknown; allowed: "
+                         f"{', '.join(FLOW_TIME_SAMPLINGS)}")
+    if mode == "uniform":
+        t = jax.random.uniform(rng, (batch_size,), jnp.float32)
+    else:
+        t = jax.nn.sigmoid(logit_mean + logit_std * jax.random.normal(rng, (batch_size,)))
+    return jnp.clip(shift_time(t, shift), t_min, t_max)
+
+
+def flow_time_quantiles(num_levels: int, mode: str = "uniform", logit_mean: float = 0.0,
+                        logit_std: float = 1.0, shift: float = 1.0, t_min: float = 0.0,
+                        t_max: float = 1.0):
+    """The midpoint quantiles u_k = (k + 1/2) / K of flow_time's distribution: [K], increasing."""
+    if mode not in FLOW_TIME_SAMPLINGS:
+        raise ValueError(f"time_sampling={mode!r} is unknown; allowed: "
+                         f"{', '.join(FLOW_TIME_SAMPLINGS)}")
+    u = (jnp.arange(num_levels, dtype=jnp.float32) + 0.5) / num_levels
+    if mode == "logit_normal":
+        u = jax.nn.sigmoid(logit_mean + logit_std * jax.scipy.special.ndtri(u))
+    return jnp.clip(shift_time(u, shift), t_min, t_max)

@@ -81,4 +81,4 @@ def make_objective(name: str, options, ctx: ObjectiveContext) -> Objective:
     return entry.factory(options if options is not None else entry.default_options(), ctx)
 
 
-from diffjax.objectives import denoising  # noqa: E402,F401  (registers the built-in objective)
+from diffjax.objectives import denoising, flow_matching  # noqa: E402,F401  (registers built-ins)

@@ -100,8 +100,9 @@ class Denoising(Objective):
         per_example = self.per_example_loss(net, inputs["x"], inputs["t"], inputs["eps"])
         return jnp.mean(per_example), {}
 
-    def validation_times(self, num_levels: int):
-        """The midpoint quantiles of the time distribution (no curriculum): [K]."""
+    def validation_times(self, num_levels: int, shape=None):
+        """The midpoint quantiles of the time distribution (no curriculum): [K]. shape: of the
+        held-out x (unused here)."""
         o = self.options
         return time_sampling.time_quantiles(self.schedule, o.time_sampling, num_levels,
                                             o.p_mean, o.p_std)
@@ -111,7 +112,7 @@ class Denoising(Objective):
         eps_k = normal(fold_in(rng, k), x.shape): [K, B], deterministic (one pass per level)."""
         net = lambda x_in, c_noise: self._prediction(  # noqa: E731
             apply(params["network"], x_in, c_noise, cond))
-        ts = jnp.asarray(self.validation_times(num_levels), jnp.float32)
+        ts = jnp.asarray(self.validation_times(num_levels, x.shape), jnp.float32)
 
         def level(inputs):
             k, t = inputs

@@ -15,6 +15,9 @@ in SAMPLERS with its options dataclass (config.sampling.<name>):
   dpmpp_3m   DPM-Solver++(3M)                                            K
   pc         score_sde predictor-corrector (ancestral + Langevin)        K (1 + corrector_steps)
   ode        probability-flow ODE, adaptive diffrax solver               from the solver's stats
+  flow_euler Euler steps of dx/dt = v(x, t) (flow matching's own time)   K
+  flow_heun  Heun steps of dx/dt = v(x, t)                               2K - 1
+  flow_sde   SiT's SDE, Euler-Maruyama with a diffusion coefficient      K
 """
 
 from __future__ import annotations
@@ -30,7 +33,8 @@ from diffjax.samplers.options import GridOptions
 from diffjax.samplers.prediction import Denoiser, Prediction, initial_x
 from diffjax.samplers.registry import SAMPLERS
 
-for _module in ("ancestral", "edm", "dpm_solver", "pc", "ode"):  # registers, in the table's order
+# registers, in the table's order
+for _module in ("ancestral", "edm", "dpm_solver", "pc", "ode", "flow"):
     importlib.import_module(f"diffjax.samplers.{_module}")
 
 __all__ = ["Denoiser", "GridOptions", "Prediction", "SAMPLERS", "SPACINGS", "guidance",

@@ -16,7 +16,10 @@ SPACINGS = ("uniform", "leading", "trailing", "quadratic", "karras")
 
 def default_t_min(schedule) -> float:
     """The smallest grid time: 1/T (step index 0) for discrete schedules, 0 for VE/EDM (whose
-    sigma(0) = sigma_min > 0), and 1e-3 for continuous VP ones (sigma(0) = 0; score_sde's eps)."""
+    sigma(0) = sigma_min > 0), and 1e-3 for continuous VP ones (sigma(0) = 0; score_sde's eps);
+    a schedule's own sampling_t_min where it sets one (flow interpolants: 1e-3)."""
+    if schedule.sampling_t_min is not None:
+        return schedule.sampling_t_min
     if schedule.is_discrete:
         return 1.0 / schedule.num_timesteps
     return 0.0 if not schedule.variance_preserving else 1e-3
@@ -51,11 +54,13 @@ def time_grid(schedule, num_steps: int, spacing: str = "uniform", t_min: float |
     Discrete schedules pick step indices (DDIM, Song et al. 2021; Lin et al. 2024, Table 2):
       uniform: round(linspace(0, T-1, K));  leading: arange(K) * (T // K);
       trailing: round(arange(T, 0, -T/K)) - 1;  quadratic: linspace(0, sqrt(0.8 T), K)^2.
-    Continuous schedules, with t_min = default_t_min(schedule):
-      uniform: linspace(1, t_min, K);  leading: the K lowest of K+1 uniform points (never t = 1);
-      trailing: the K highest (never t_min);  quadratic: t_min + (1 - t_min) linspace(1, 0, K)^2.
+    Continuous schedules, with t_min = default_t_min(schedule) and t_max = schedule.t_max (1, but
+    below 1 for flow interpolants, whose alpha(1) = 0 makes sigma / alpha infinite there):
+      uniform: linspace(t_max, t_min, K);  leading: the K lowest of K+1 uniform points (never
+      t_max); trailing: the K highest (never t_min);
+      quadratic: t_min + (t_max - t_min) linspace(1, 0, K)^2.
     karras (any schedule): the EDM rho grid between the VE-equivalent noise levels
-      sigma(1) / alpha(1) and sigma(t_min) / alpha(t_min), mapped back to t through log-SNR
+      sigma(t_max) / alpha(t_max) and sigma(t_min) / alpha(t_min), mapped back to t through log-SNR
       (for discrete schedules the times fall between grid steps; the network sees a fractional
       step index, as k-diffusion does).
     """
@@ -69,12 +74,13 @@ def time_grid(schedule, num_steps: int, spacing: str = "uniform", t_min: float |
         return _karras_times(schedule, num_steps, t_min, rho)
     if schedule.is_discrete:
         return _discrete_times(schedule.num_timesteps, num_steps, spacing)
+    t_max = schedule.t_max
     if spacing == "quadratic":
-        ts = t_min + (1.0 - t_min) * np.linspace(1.0, 0.0, num_steps) ** 2
+        ts = t_min + (t_max - t_min) * np.linspace(1.0, 0.0, num_steps) ** 2
     elif spacing == "uniform":
-        ts = np.linspace(1.0, t_min, num_steps)
+        ts = np.linspace(t_max, t_min, num_steps)
     else:
-        points = np.linspace(t_min, 1.0, num_steps + 1)
+        points = np.linspace(t_min, t_max, num_steps + 1)
         ts = (points[:-1] if spacing == "leading" else points[1:])[::-1]
     return ts.astype(np.float32)
 
@@ -98,12 +104,13 @@ def _discrete_times(T: int, num_steps: int, spacing: str) -> np.ndarray:
 
 
 def _karras_times(schedule, num_steps: int, t_min: float, rho: float) -> np.ndarray:
-    sigma_max, sigma_min = sigma_ve(schedule, np.array([1.0, t_min]))
+    t_max = schedule.t_max
+    sigma_max, sigma_min = sigma_ve(schedule, np.array([t_max, t_min]))
     sigmas = karras_sigmas(float(sigma_max), float(sigma_min), num_steps, rho)
     with jax.ensure_compile_time_eval():
         ts = np.asarray(t_from_sigma_ve(schedule, sigmas), np.float64)
-    ts = np.clip(ts, t_min, 1.0)
-    ts[0] = 1.0
+    ts = np.clip(ts, t_min, t_max)
+    ts[0] = t_max
     if num_steps > 1:
         ts[-1] = t_min
     ts = ts.astype(np.float32)

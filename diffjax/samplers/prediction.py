@@ -30,7 +30,8 @@ class Prediction:
 
     def __post_init__(self):
         object.__setattr__(self, "parameterization",
-                           make_parameterization(self.parameterization))
+                           make_parameterization(self.parameterization,
+                                                 schedule=self.schedule))
 
     def x0_eps(self, x, t):
         """x: [B, H, W, C] at time t (a scalar) -> (x0_hat, eps_hat), both [B, H, W, C] float32."""
