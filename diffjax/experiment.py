@@ -161,8 +161,14 @@ class Experiment:
         self.parameterization = parameterizations.make_parameterization(
             parameterizations.PARAMETERIZATIONS.get(diffusion["parameterization"]).name,
             float(diffusion["sigma_data"]), self.schedule)
+        if self.sampling.prompts:
+            if self.conditioning.text is None:
+                raise ConfigError(f"config.sampling.prompts={tuple(self.sampling.prompts)} is "
+                                  f"invalid: prompts need a text-conditional model "
+                                  f"(config.conditioning.name='text')")
+            self.conditioning = self.conditioning.with_prompts(self.sampling.prompts)
         spec = NetworkSpec(self.x_shape, self.conditioning.num_classes,
-                           self.training.compute_dtype)
+                           self.training.compute_dtype, self.conditioning.text)
         self.network = _build(NETWORKS, *selected(config, NETWORKS), spec)
         ctx = ObjectiveContext(self.schedule, self.parameterization, self.network,
                                self.conditioning)
@@ -227,14 +233,16 @@ class Experiment:
         if s.guidance_channels > self.x_shape[-1]:
             raise ConfigError(f"config.sampling.guidance_channels={s.guidance_channels} is "
                               f"invalid: x has {self.x_shape[-1]} channels (0: guide all)")
-        if s.labels and not cond.num_classes:
+        num_ids = cond.num_classes if cond.text is None else len(cond.prompt_tokens)
+        if s.labels and not num_ids:
             raise ConfigError(f"config.sampling.labels={tuple(s.labels)} is invalid: labels need "
                               f"a class-conditional model (config.conditioning.name="
                               f"'class_label')")
-        bad = [label for label in s.labels if label >= cond.num_classes]
+        bad = [label for label in s.labels if label >= num_ids]
         if bad:
-            raise ConfigError(f"config.sampling.labels={tuple(s.labels)} is invalid: labels must "
-                              f"be in [0, {cond.num_classes}) for this dataset; got {bad}")
+            what = "class labels" if cond.text is None else "ids of the sampling prompts"
+            raise ConfigError(f"config.sampling.labels={tuple(s.labels)} is invalid: {what} must "
+                              f"be in [0, {num_ids}); got {bad}")
         if s.guidance_scale != 1.0 and not cond.guidance_trained:
             logging.warning("config.sampling.guidance_scale=%s but the conditioning never drops "
                             "to the null condition in training (its dropout is 0): the "

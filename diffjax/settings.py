@@ -89,6 +89,7 @@ class SamplingOptions:
     guidance_sigma_max: float = math.inf
     guidance_channels: int = 0         # guide only the first N output channels (0: all)
     labels: tuple = ()                 # class labels cycled over samples; () = random
+    prompts: tuple = ()                # text prompts cycled over samples (conditioning 'text')
     num_samples: int = 64
     batch_size: int = 64               # global, per sampling call
     seed: int = 0
@@ -108,6 +109,8 @@ class SamplingOptions:
         labels = tuple(self.labels)
         check(all(isinstance(x, int) and x >= 0 for x in labels), "labels", labels,
               "must be a tuple of class indices, e.g. (3,) or (0, 1, 2); () for random labels")
+        check(all(isinstance(p, str) for p in tuple(self.prompts)), "prompts",
+              tuple(self.prompts), "must be a tuple of strings, e.g. ('a handwritten three',)")
         decays = tuple(self.ema_decays)
         check(len(set(decays)) == len(decays), "ema_decays", decays, "rates must be distinct")
         steps = tuple(self.checkpoint_steps)

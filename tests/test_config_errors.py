@@ -21,8 +21,8 @@ BAD_CONFIGS = [
      "for int()"),
     (["--config.model.unet.ch_mult=abc"], "config.model.unet.ch_mult=('abc',) must be a tuple or "
      "list of ints"),
-    (["--config.model.ch=64"], "config.model has no field 'ch'; its fields are: name, unet. It was "
-     "renamed when parts became plug-ins: use config.model.unet.ch"),
+    (["--config.model.ch=64"], "config.model has no field 'ch'; its fields are: dit, name, unet. "
+     "It was renamed when parts became plug-ins: use config.model.unet.ch"),
     (["--config.diffusion.schedule=cosinee"], "config.diffusion.schedule='cosinee' is unknown; "
      "allowed: linear, cosine, sigmoid, vp_linear, vp_cosine, ve, edm"),
     (["--config.diffusion.parameterization=score"], "config.diffusion.parameterization='score' "

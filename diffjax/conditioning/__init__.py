@@ -9,6 +9,8 @@ A conditioning provides:
   from_labels(labels [B]) -> cond  for sampling
   null(cond) -> cond               the unconditional input of guidance (supports_guidance)
   labels_for(n, seed, fixed)       sampling labels: `fixed` cycled, or drawn from `seed`
+  text                             a TextSpec where cond carries text tokens (None otherwise)
+  with_prompts(prompts)            (text) the same conditioning sampling these prompts
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ class Conditioning:
     """The contract (see the module docstring). The base is unconditional."""
 
     num_classes: int = 0
+    text = None                      # a models.text.TextSpec where cond holds text tokens
     supports_guidance: bool = False  # whether null() exists
     guidance_trained: bool = False   # whether training ever shows the null condition
 
@@ -112,3 +115,6 @@ def make_conditioning(name: str, options, num_classes: int) -> Conditioning:
     """The conditioning registered as `name` (options None: its defaults)."""
     entry = CONDITIONINGS.get(name)
     return entry.factory(options if options is not None else entry.default_options(), num_classes)
+
+
+from diffjax.conditioning import text  # noqa: E402,F401  (registers the text conditioning)

@@ -25,11 +25,13 @@ import jax.numpy as jnp
 @dataclasses.dataclass(frozen=True)
 class NetworkSpec:
     """What the builder tells a network factory: the shape of x (the codec's space), how many
-    classes the conditioning feeds as cond['label'] (0: none) and the compute dtype."""
+    classes the conditioning feeds as cond['label'] (0: none), the compute dtype, and the text
+    encoder's spec where the conditioning feeds cond['tokens'] and cond['mask'] [B, L]."""
 
     x_shape: tuple[int, int, int]
     num_classes: int = 0
     compute_dtype: str = "float32"
+    text: Any = None  # a models.text.TextSpec when cond carries text tokens (cross-attention)
 
 
 class Network:
@@ -39,6 +41,9 @@ class Network:
     out_channels: int
     extra_outputs: tuple[tuple[str, int], ...] = ()
     num_noise_inputs: int = 1
+    # Non-trained constants the network's paper counts as parameters (DiT's fixed position
+    # embedding); they are not in params, so count_params(params) leaves them out.
+    num_fixed_scalars: int = 0
 
     def init(self, rng) -> Any:
         """Fresh params for inputs of shape x_shape."""
@@ -67,7 +72,8 @@ class Network:
 @dataclasses.dataclass(frozen=True)
 class LinenNetwork(Network):
     """A Flax linen module called as module(x, noise_cond, cond_input, train=train), where
-    cond_input is cond[cond_key] (None when absent) or, with cond_key=None, the whole dict."""
+    cond_input is cond[cond_key] (None when absent) or, with cond_key=None, the whole dict.
+    Text-conditional networks take the whole dict and init with `text_init_cond`."""
 
     module: Any
     x_shape: tuple[int, int, int]
@@ -75,6 +81,8 @@ class LinenNetwork(Network):
     extra_outputs: tuple[tuple[str, int], ...] = ()
     num_noise_inputs: int = 1
     cond_key: str | None = "label"
+    num_fixed_scalars: int = 0
+    init_cond: Any = None  # the conditioning input init traces with (None: no conditioning)
 
     def _cond_input(self, cond: dict):
         return cond if self.cond_key is None else (cond or {}).get(self.cond_key)
@@ -84,7 +92,8 @@ class LinenNetwork(Network):
         noise = jnp.zeros((1,))
         if self.num_noise_inputs > 1:
             noise = (noise,) * self.num_noise_inputs
-        return self.module.init({"params": rng}, dummy, noise, None, train=False)["params"]
+        return self.module.init({"params": rng}, dummy, noise, self.init_cond,
+                                train=False)["params"]
 
     def apply(self, params, x, noise_cond, cond: dict, train: bool = False, rng=None):
         rngs = {"dropout": rng} if rng is not None else {}
@@ -98,3 +107,10 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 def count_params(params: Any) -> int:
     """Total number of scalars in a pytree of arrays (or jax.ShapeDtypeStruct from eval_shape)."""
     return sum(math.prod(leaf.shape) for leaf in jax.tree_util.tree_leaves(params))
+
+
+def text_init_cond(text) -> dict:
+    """The dummy cond a text-conditional network is initialised with: one prompt of
+    text.context_length tokens, all valid."""
+    length = text.context_length
+    return {"tokens": jnp.ones((1, length), jnp.int32), "mask": jnp.ones((1, length), bool)}

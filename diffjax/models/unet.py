@@ -14,7 +14,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from diffjax.models.network import DTYPES, LinenNetwork, NetworkSpec
+from diffjax.models import text
+from diffjax.models.network import DTYPES, LinenNetwork, NetworkSpec, text_init_cond
 from diffjax.models.registry import NETWORKS
 from diffjax.options import OptionError, check, int_tuple
 
@@ -173,6 +174,7 @@ class UNet(nn.Module):
     resblock_updown: bool = False  # ADM: down/upsample inside residual blocks
     use_scale_shift_norm: bool = False  # ADM: FiLM (scale, shift) from the time embedding
     dtype: Any = jnp.float32  # compute dtype; params are always float32
+    text: Any = None  # a models.text.TextSpec: cross-attention to text after each self-attention
 
     def _heads(self, channels: int) -> int:
         return channels // self.head_channels if self.head_channels > 0 else self.num_heads
@@ -188,17 +190,23 @@ class UNet(nn.Module):
         """Predict the network output for a noisy image.
 
         x: [B, H, W, C] in [-1, 1]-ish. noise_cond: [B] float (e.g. DDPM timestep as float).
-        labels: [B] int32 in [0, num_classes], or None for the null label (num_classes).
+        labels: [B] int32 in [0, num_classes], or None for the null label (num_classes); with
+        `text`, the cond dict {'tokens': [B, L], 'mask': [B, L]} (LDM-style cross-attention).
         Returns [B, H, W, out_channels] float32.
         """
+        context = None
+        if self.text is not None:
+            context = (text.text_encoder(self.text.encoder).module(self.text, self.dtype)(
+                labels["tokens"], labels["mask"]), labels["mask"])
+            labels = None
         temb = self._embedding(noise_cond, labels, x.shape[0])
         h = _conv(self.ch, 3, self.dtype, name="conv_in")(x.astype(self.dtype))
-        h, skips = self._down(h, temb, train)
+        h, skips = self._down(h, temb, train, context)
         channels = h.shape[-1]
         h = self._res(channels, "mid_res0")(h, temb, train)
-        h = self._attn(channels, "mid_attn")(h)
+        h = self._attend(h, channels, "mid_attn", context)
         h = self._res(channels, "mid_res1")(h, temb, train)
-        h = self._up(h, skips, temb, train)
+        h = self._up(h, skips, temb, train, context)
         h = nn.swish(_group_norm(self.dtype, "norm_out")(h))
         h = _conv(self.out_channels, 3, self.dtype, zero_init=True, name="conv_out")(h)
         return h.astype(jnp.float32)
@@ -226,10 +234,17 @@ class UNet(nn.Module):
         return ResBlock(out_channels, self.dropout, use_scale_shift_norm=self.use_scale_shift_norm,
                         up=up, down=down, dtype=self.dtype, name=name)
 
-    def _attn(self, channels: int, name: str):
-        return AttnBlock(self._heads(channels), dtype=self.dtype, name=name)
+    def _attend(self, h, channels: int, name: str, context):
+        """Self-attention, then (with text) cross-attention to the context, residually."""
+        h = AttnBlock(self._heads(channels), dtype=self.dtype, name=name)(h)
+        if context is None:
+            return h
+        batch, height, width, _ = h.shape
+        out = text.CrossAttention(self._heads(channels), self.dtype, name=f"{name}_cross")(
+            h.reshape(batch, height * width, channels), *context)
+        return h + out.reshape(h.shape)
 
-    def _down(self, h, temb, train: bool):
+    def _down(self, h, temb, train: bool, context=None):
         """The down path: (h at the lowest resolution, the skip connections)."""
         skips = [h]
         for level, mult in enumerate(self.ch_mult):
@@ -237,7 +252,7 @@ class UNet(nn.Module):
             for i in range(self.num_res_blocks):
                 h = self._res(channels, f"down{level}_res{i}")(h, temb, train)
                 if h.shape[1] in self.attn_resolutions:
-                    h = self._attn(channels, f"down{level}_attn{i}")(h)
+                    h = self._attend(h, channels, f"down{level}_attn{i}", context)
                 skips.append(h)
             if level != len(self.ch_mult) - 1:
                 if self.resblock_updown:
@@ -247,7 +262,7 @@ class UNet(nn.Module):
                 skips.append(h)
         return h, skips
 
-    def _up(self, h, skips: list, temb, train: bool):
+    def _up(self, h, skips: list, temb, train: bool, context=None):
         """The up path: num_res_blocks + 1 blocks per level, each consuming one skip."""
         for level in reversed(range(len(self.ch_mult))):
             channels = self.ch * self.ch_mult[level]
@@ -255,7 +270,7 @@ class UNet(nn.Module):
                 h = jnp.concatenate([h, skips.pop()], axis=-1)
                 h = self._res(channels, f"up{level}_res{i}")(h, temb, train)
                 if h.shape[1] in self.attn_resolutions:
-                    h = self._attn(channels, f"up{level}_attn{i}")(h)
+                    h = self._attend(h, channels, f"up{level}_attn{i}", context)
             if level != 0:
                 if self.resblock_updown:
                     h = self._res(channels, f"up{level}_upsample", up=True)(h, temb, train)
@@ -356,6 +371,10 @@ def build_unet(options: UNetOptions, spec: NetworkSpec) -> LinenNetwork:
                   head_channels=options.head_channels, num_classes=spec.num_classes,
                   resblock_updown=bool(options.resblock_updown),
                   use_scale_shift_norm=bool(options.use_scale_shift_norm),
-                  dtype=DTYPES[spec.compute_dtype])
+                  dtype=DTYPES[spec.compute_dtype], text=spec.text)
+    if spec.text is not None:  # the module takes the whole cond dict
+        return LinenNetwork(module=module, x_shape=tuple(spec.x_shape),
+                            out_channels=spec.x_shape[-1], cond_key=None,
+                            init_cond=text_init_cond(spec.text))
     return LinenNetwork(module=module, x_shape=tuple(spec.x_shape),
                         out_channels=spec.x_shape[-1])

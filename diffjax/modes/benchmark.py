@@ -2,7 +2,8 @@
 
 Prints one JSON object: compile seconds, train images/s, sample images/s, GFLOP per step (XLA cost
 analysis, summed over devices), achieved GFLOP/s, utilisation against a matmul peak measured on the
-same devices, and peak memory. Runs on synthetic data of the dataset's shape.
+same devices, and peak memory. Runs on synthetic data of the dataset's shape. Also the network's
+forward GMACs per example counted from its jaxpr (models/flops.py; the DiT paper's "Gflops").
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import numpy as np
 from diffjax import parallel
 from diffjax.experiment import Experiment
 from diffjax.models import count_params
+from diffjax.models.flops import network_gflops
 
 
 def _flops(compiled) -> float:
@@ -103,6 +105,8 @@ def benchmark(exp) -> dict:
     achieved = gflop_per_step / seconds
     result = {
         "params": count_params(state.params),
+        "network_forward_gmacs_per_image": round(network_gflops(
+            exp.network, cond=getattr(exp.network, "init_cond", None)), 4),
         "devices": int(exp.mesh.devices.size),
         "mesh": dict(exp.mesh.shape),
         "platform": jax.devices()[0].platform,
