@@ -20,6 +20,7 @@ from diffjax.registry import Registry
 from diffjax.samplers import SAMPLERS, GridOptions
 
 DIFFUSION_FIELDS = ("schedule", "parameterization", "sigma_data")
+DIGIT_DATASETS = ("mnist_embedded", "mnist")  # what the text conditioning's captions describe
 
 
 def _plain(section) -> dict:
@@ -161,6 +162,10 @@ class Experiment:
         self.parameterization = parameterizations.make_parameterization(
             parameterizations.PARAMETERIZATIONS.get(diffusion["parameterization"]).name,
             float(diffusion["sigma_data"]), self.schedule)
+        if self.conditioning.text is not None and self.data.name not in DIGIT_DATASETS:
+            raise ConfigError(f"config.conditioning.name='text' captions digits (the embedded "
+                              f"caption set), but config.data.name={self.data.name!r}; allowed: "
+                              f"{', '.join(DIGIT_DATASETS)}")
         if self.sampling.prompts:
             if self.conditioning.text is None:
                 raise ConfigError(f"config.sampling.prompts={tuple(self.sampling.prompts)} is "

@@ -109,7 +109,8 @@ class SamplingOptions:
         labels = tuple(self.labels)
         check(all(isinstance(x, int) and x >= 0 for x in labels), "labels", labels,
               "must be a tuple of class indices, e.g. (3,) or (0, 1, 2); () for random labels")
-        check(all(isinstance(p, str) for p in tuple(self.prompts)), "prompts",
+        check(not isinstance(self.prompts, str)
+              and all(isinstance(p, str) for p in tuple(self.prompts)), "prompts",
               tuple(self.prompts), "must be a tuple of strings, e.g. ('a handwritten three',)")
         decays = tuple(self.ema_decays)
         check(len(set(decays)) == len(decays), "ema_decays", decays, "rates must be distinct")

@@ -199,6 +199,19 @@ def test_deterministic_samplers_converge_at_their_order(sampler, order, spacing)
     assert -order - 0.4 < slope < -order + 0.4, (errors, slope)
 
 
+@pytest.mark.parametrize("sampler,last_step,nfe", [
+    ("flow_euler", None, 10), ("flow_heun", None, 19), ("flow_sde", "mean", 10),
+    ("flow_sde", "euler", 10), ("flow_sde", "denoise", 10)])
+def test_flow_samplers_nfe_and_last_steps(sampler, last_step, nfe):
+    """NFE for K = 10 grid times; every last step of the SDE lands on the data distribution."""
+    kw = {"last_step": last_step} if last_step else {}
+    x, used, _ = _sample(LINEAR, sampler, (4000, 2, 2, 1), num_steps=10 if not last_step
+                         else 100, **kw)
+    assert used == (nfe if not last_step else 100)
+    if last_step:
+        assert abs(x.mean() - MU) < 0.02 and abs(x.std() - S) < 0.03, (x.mean(), x.std())
+
+
 def test_flow_sde_diffusion_forms_follow_sit():
     """SiT's compute_diffusion in t = 1 - t_SiT: sigma -> t, linear -> t, sbdm -> t / (1 - t) on
     the linear path (sigma sigma' - sigma^2 alpha' / alpha)."""
@@ -206,8 +219,52 @@ def test_flow_sde_diffusion_forms_follow_sit():
 
     t = 0.25
     assert float(diffusion_coefficient(LINEAR, t, "sigma", 2.0)) == pytest.approx(0.5)
+    assert float(diffusion_coefficient(LINEAR, t, "linear", 3.0)) == pytest.approx(0.75)
+    assert float(diffusion_coefficient(LINEAR, t, "constant", 0.7)) == pytest.approx(0.7)
+    assert float(diffusion_coefficient(GVP, t, "sigma")) == pytest.approx(math.sin(math.pi / 8))
     assert float(diffusion_coefficient(LINEAR, t, "sbdm")) == pytest.approx(t / (1 - t))
     assert float(diffusion_coefficient(LINEAR, t, "decreasing")) == pytest.approx(
         0.25 * (math.cos(math.pi * (1 - t)) + 1) ** 2)
     assert float(diffusion_coefficient(LINEAR, t, "increasing_decreasing")) == pytest.approx(
         math.sin(math.pi * (1 - t)) ** 2)
+
+
+# -- end to end ------------------------------------------------------------------------------
+
+FLOW = ["--config.objective.name=flow_matching", "--config.diffusion.schedule=flow_linear",
+        "--config.diffusion.parameterization=velocity", "--config.sampling.sampler=flow_heun",
+        "--config.objective.flow_matching.time_sampling=logit_normal"]
+TINY_DIT = ["--config.model.name=dit", "--config.model.dit.depth=2",
+            "--config.model.dit.hidden_size=32", "--config.model.dit.num_heads=4",
+            "--config.model.dit.patch_size=4", "--config.conditioning.name=class_label",
+            "--config.conditioning.class_label.dropout=0.1",
+            "--config.sampling.guidance_scale=2.0"]
+
+
+@pytest.mark.parametrize("network", ["unet", "dit"])
+def test_flow_matching_trains_and_samples_through_launch(network, data_dir, tmp_path):
+    """launch.py trains 2 flow-matching steps (the DiT one with the FID during training) and
+    samples; the loss is the velocity MSE, near E||eps - x0||^2 > 1 at initialisation."""
+    import json
+    import os
+
+    from tests.test_launch import TINY, launch
+
+    workdir = str(tmp_path / network)
+    extra = TINY_DIT + ["--config.eval.every_steps=2", "--config.eval.train_num_samples=4",
+                        "--config.eval.reference_num_images=8", "--config.eval.batch_size=8",
+                        f"--config.eval.reference_dir={tmp_path / 'fid'}",
+                        ] if network == "dit" else []
+    train = launch("--workdir", workdir, "--config.training.num_steps=2", *TINY, *FLOW, *extra,
+                   data_dir=data_dir)
+    assert train.returncode == 0, train.stderr[-3000:]
+    losses = [json.loads(line)["loss"] for line in open(os.path.join(workdir, "metrics.jsonl"))]
+    # E||eps - x0||^2 = 1 + E[x0^2], about 1.8 on digits (mostly -1 background)
+    assert len(losses) == 2 and all(1.3 < loss < 2.5 for loss in losses), losses
+    if network == "dit":
+        assert "step 2: FID@4 = " in train.stdout
+    sample = launch("--workdir", workdir, "--mode=sample", data_dir=data_dir)
+    assert sample.returncode == 0, sample.stderr[-3000:]
+    name = "flow_heun3_cfg2" if network == "dit" else "flow_heun3"
+    npz = os.path.join(workdir, "samples", f"samples_step2_{name}_seed0.npz")
+    assert np.load(npz)["images"].shape == (6, 16, 16, 1)

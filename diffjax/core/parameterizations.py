@@ -264,6 +264,6 @@ def make_parameterization(name: str | Parameterization, sigma_data: float = 0.5,
     if isinstance(name, Parameterization):
         return name
     cls = PARAMETERIZATIONS.get(name).factory
-    if "schedule" in {f.name for f in dataclasses.fields(cls)}:
+    if dataclasses.is_dataclass(cls) and "schedule" in {f.name for f in dataclasses.fields(cls)}:
         return cls(sigma_data=sigma_data, schedule=schedule)
     return cls(sigma_data=sigma_data)

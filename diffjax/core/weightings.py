@@ -40,5 +40,7 @@ def eps_weight(weighting: str, parameterization: Parameterization, alpha, sigma,
 def loss_weight(weighting: str, parameterization: Parameterization, alpha, sigma,
                 min_snr_gamma: float = 5.0, sigma_data: float = 0.5):
     """Weight on the MSE of the network's own target, so the loss equals eps_weight * eps-MSE."""
+    if weighting == "simple":  # exactly 1, also where error_scale is 0 or inf (flow t = 0, 1)
+        return jnp.ones_like(jnp.asarray(alpha, jnp.float32) * jnp.asarray(sigma, jnp.float32))
     w = eps_weight(weighting, parameterization, alpha, sigma, min_snr_gamma, sigma_data)
     return w / parameterization.error_scale(alpha, sigma)

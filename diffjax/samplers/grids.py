@@ -18,7 +18,7 @@ def default_t_min(schedule) -> float:
     """The smallest grid time: 1/T (step index 0) for discrete schedules, 0 for VE/EDM (whose
     sigma(0) = sigma_min > 0), and 1e-3 for continuous VP ones (sigma(0) = 0; score_sde's eps);
     a schedule's own sampling_t_min where it sets one (flow interpolants: 1e-3)."""
-    if schedule.sampling_t_min is not None:
+    if getattr(schedule, "sampling_t_min", None) is not None:
         return schedule.sampling_t_min
     if schedule.is_discrete:
         return 1.0 / schedule.num_timesteps
@@ -74,7 +74,7 @@ def time_grid(schedule, num_steps: int, spacing: str = "uniform", t_min: float |
         return _karras_times(schedule, num_steps, t_min, rho)
     if schedule.is_discrete:
         return _discrete_times(schedule.num_timesteps, num_steps, spacing)
-    t_max = schedule.t_max
+    t_max = getattr(schedule, "t_max", 1.0)
     if spacing == "quadratic":
         ts = t_min + (t_max - t_min) * np.linspace(1.0, 0.0, num_steps) ** 2
     elif spacing == "uniform":
@@ -104,7 +104,7 @@ def _discrete_times(T: int, num_steps: int, spacing: str) -> np.ndarray:
 
 
 def _karras_times(schedule, num_steps: int, t_min: float, rho: float) -> np.ndarray:
-    t_max = schedule.t_max
+    t_max = getattr(schedule, "t_max", 1.0)
     sigma_max, sigma_min = sigma_ve(schedule, np.array([t_max, t_min]))
     sigmas = karras_sigmas(float(sigma_max), float(sigma_min), num_steps, rho)
     with jax.ensure_compile_time_eval():
