@@ -245,9 +245,9 @@ class Experiment:
                               f"'class_label')")
         bad = [label for label in s.labels if label >= num_ids]
         if bad:
-            what = "class labels" if cond.text is None else "ids of the sampling prompts"
-            raise ConfigError(f"config.sampling.labels={tuple(s.labels)} is invalid: {what} must "
-                              f"be in [0, {num_ids}); got {bad}")
+            what = "for this dataset" if cond.text is None else "(ids of the sampling prompts)"
+            raise ConfigError(f"config.sampling.labels={tuple(s.labels)} is invalid: labels must "
+                              f"be in [0, {num_ids}) {what}; got {bad}")
         if s.guidance_scale != 1.0 and not cond.guidance_trained:
             logging.warning("config.sampling.guidance_scale=%s but the conditioning never drops "
                             "to the null condition in training (its dropout is 0): the "

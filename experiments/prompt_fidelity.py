@@ -1,7 +1,7 @@
 """Prompt fidelity and FID/KID of a text-conditional digit model by guidance scale.
 
-    python -m experiments.prompt_fidelity runs/mnist_text --scales 1,2,3,5 --per_prompt 50 \\
-        --fid_samples 1000 --out experiments/results/mnist_text
+    python -m experiments.prompt_fidelity runs/mnist_text --scales 0,1,3 --per_prompt 20 \\
+        --fid_samples 300 --sampler dpmpp_2m --num_steps 20 --spacing karras
 
 Prompt fidelity: the share of samples that a CNN trained on 90% of the real digits (held-out
 accuracy printed with the table) reads as the digit the prompt names, for one prompt per digit

@@ -80,7 +80,8 @@ def test_unknown_override_keys_name_the_fields_of_their_parent(tmp_path, capsys)
                                         "GRID = {'diffusion.schedul': ['cosine']}\n")
     assert run.main([path, "--print_commands"]) == 2
     assert ("config.diffusion.schedul is not a config field: config.diffusion has no field "
-            "'schedul'; its fields are: cosine, edm, linear" in capsys.readouterr().err)
+            "'schedul'; its fields are: cosine, edm, flow_gvp, flow_linear, linear"
+            in capsys.readouterr().err)
 
 
 def test_print_commands_prints_train_and_eval_for_every_point(fixture_sweep, capsys):
