@@ -6,7 +6,7 @@ Text encoders are plug-ins (TEXT_ENCODERS, picked by config.conditioning.text.en
 gives a tokenizer (host-side, strings -> tokens and mask) and a Flax module (tokens, mask) ->
 context [B, L, width]. A pretrained encoder (T5, CLIP) registers the same way: its tokenizer, and
 a module whose init reads the user's weights file (and wraps its output in stop_gradient when
-frozen); see tests/helpers/my_plugins.py for one read from a safetensors-style .npz file."""
+frozen)."""
 
 from __future__ import annotations
 
