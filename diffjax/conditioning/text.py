@@ -121,12 +121,12 @@ class TextPrompt(Conditioning):
     def labels_for(self, num_samples: int, seed: int = 0, fixed: tuple = ()) -> np.ndarray:
         """Sampling ids: `fixed` cycled, else every prompt in turn (prompts given) or random
         digits from `seed`."""
-        if fixed or not self.prompts:
-            rng = np.random.default_rng(seed)
-            if fixed:
-                return np.resize(np.asarray(fixed, np.int32), num_samples)
-            return rng.integers(0, len(self.prompt_tokens), num_samples).astype(np.int32)
-        return np.resize(np.arange(len(self.prompts), dtype=np.int32), num_samples)
+        if fixed:
+            return np.resize(np.asarray(fixed, np.int32), num_samples)
+        if self.prompts:
+            return np.resize(np.arange(len(self.prompts), dtype=np.int32), num_samples)
+        rng = np.random.default_rng(seed)
+        return rng.integers(0, len(self.prompt_tokens), num_samples).astype(np.int32)
 
     def with_prompts(self, prompts) -> TextPrompt:
         """This conditioning sampling `prompts` (ConfigError naming one that does not fit)."""

@@ -231,9 +231,7 @@ class DiT(nn.Module):
         dropout. With `text`, labels is the cond dict {'tokens', 'mask'} [B, L]."""
         context = mask = None
         if self.text is not None:
-            mask = labels["mask"]
-            context = text.text_encoder(self.text.encoder).module(self.text, self.dtype)(
-                labels["tokens"], mask)
+            context, mask = text.encode_context(self.text, self.dtype, labels)
             labels = None
         batch, height, width, _ = x.shape
         p = self.patch_size

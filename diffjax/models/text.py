@@ -114,6 +114,14 @@ def text_encoder(name: str) -> TextEncoderEntry:
     return TEXT_ENCODERS.get(name).factory(None)
 
 
+def encode_context(spec: TextSpec, dtype, cond: dict):
+    """A network's text input: (context [B, L, width] from spec's encoder, a submodule named
+    'text_encoder' of the calling module, and the padding mask [B, L]) of cond['tokens'],
+    cond['mask']."""
+    return text_encoder(spec.encoder).module(spec, dtype)(cond["tokens"], cond["mask"]), \
+        cond["mask"]
+
+
 class CrossAttention(nn.Module):
     """Queries from image tokens x [B, N, D], keys and values from the text context [B, L, Dc]
     with its padding mask [B, L] (padded tokens get no weight). LayerNorm on x, then

@@ -196,8 +196,7 @@ class UNet(nn.Module):
         """
         context = None
         if self.text is not None:
-            context = (text.text_encoder(self.text.encoder).module(self.text, self.dtype)(
-                labels["tokens"], labels["mask"]), labels["mask"])
+            context = text.encode_context(self.text, self.dtype, labels)
             labels = None
         temb = self._embedding(noise_cond, labels, x.shape[0])
         h = _conv(self.ch, 3, self.dtype, name="conv_in")(x.astype(self.dtype))

@@ -22,12 +22,18 @@ DIFFUSION_FORMS = ("sigma", "constant", "linear", "sbdm", "decreasing", "increas
 LAST_STEPS = ("mean", "euler", "denoise")
 
 
-def velocity(pred: Prediction, x, t):
-    """v(x, t) = alpha'(t) x0_hat + sigma'(t) eps_hat: [B, H, W, C]; t a scalar."""
+def predict_velocity(pred: Prediction, x, t):
+    """(x0_hat, eps_hat, v) at x, t (a scalar), with v(x, t) = alpha'(t) x0_hat +
+    sigma'(t) eps_hat: [B, H, W, C] each."""
     t = jnp.asarray(t, jnp.float32)
     x0, eps = pred.x0_eps(x, t)
     rate_alpha, rate_sigma = pred.schedule.rates(pred.schedule.alpha(t), pred.schedule.sigma(t))
-    return rate_alpha * x0 + rate_sigma * eps
+    return x0, eps, rate_alpha * x0 + rate_sigma * eps
+
+
+def velocity(pred: Prediction, x, t):
+    """v(x, t): [B, H, W, C]; t a scalar."""
+    return predict_velocity(pred, x, t)[2]
 
 
 def _with_end(ts, end: float = 0.0):
@@ -119,9 +125,7 @@ def flow_sde(pred: Prediction, ts, x, rng, opts: FlowSDEOptions):
     keys = jax.random.split(rng, len(ts))
 
     def drift(x, t):
-        x0, eps = pred.x0_eps(x, t)
-        rate_alpha, rate_sigma = schedule.rates(schedule.alpha(t), schedule.sigma(t))
-        v = rate_alpha * x0 + rate_sigma * eps
+        x0, eps, v = predict_velocity(pred, x, t)
         w = diffusion_coefficient(schedule, t, opts.diffusion_form, opts.diffusion_norm)
         return -v - w * eps / schedule.sigma(t), v, x0, w
 
