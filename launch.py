@@ -1,7 +1,8 @@
 """diffjax's one entry point: python launch.py --workdir DIR [--config FILE] [--mode MODE].
 
-Modes: train (resumes from WORKDIR), sample, inpaint, eval (FID/KID/IS), dry_run, benchmark. Any
-config field can be overridden: --config.optim.lr=1e-4.
+Modes: train (resumes from WORKDIR), sample, inpaint, eval (FID/KID/IS), dry_run, benchmark,
+train_autoencoder (a latent model's first stage). Any config field can be overridden:
+--config.optim.lr=1e-4.
 """
 
 from __future__ import annotations
@@ -113,7 +114,7 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
     config = _CONFIG.value
     mode = FLAGS.mode
-    if mode in ("train", "sample", "inpaint", "eval") and not FLAGS.workdir:
+    if mode in ("train", "sample", "inpaint", "eval", "train_autoencoder") and not FLAGS.workdir:
         raise app.UsageError(f"--workdir is required for --mode={mode}")
     if mode in ("sample", "inpaint", "eval"):
         config = _with_saved_config(config, FLAGS.workdir)

@@ -16,8 +16,11 @@ def get_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.seed = 0
     config.data = plugins.settings_section(settings.DataOptions)
-    # images <-> the model's space x: pixels | (a VAE, later)
+    # images <-> the model's space x: pixels | vae (a diffusers AutoencoderKL folder or a
+    # --mode=train_autoencoder workdir, codec.vae.path) | sd_vae (Stable Diffusion's f8 VAE)
     config.codec = plugins.section(plugins.KINDS["codec"], name="pixels")
+    # the first stage of a latent model: --mode=train_autoencoder trains this KL autoencoder
+    config.autoencoder = plugins.settings_section(settings.AutoencoderOptions)
     # what the network is conditioned on: none | class_label (with label dropout for guidance)
     config.conditioning = plugins.section(plugins.KINDS["conditioning"], name="none")
     config.model = plugins.section(plugins.KINDS["model"], name="unet")  # unet | dit

@@ -8,10 +8,15 @@ SiT's recipe: linear interpolant, velocity prediction, t ~ U[0, 1], learned sigm
 decay, batch 256, 7M steps, EMA 0.9999, no warmup, no gradient clipping; sampling: Euler-Maruyama
 SDE, diffusion w(t) = sigma(t), 250 steps, last step 'Mean' of size 0.04.
 
-What we lack: the SD-VAE codec (config.codec.name='sd_vae', the latent-diffusion issue), so this
-recipe does not build until that codec is registered; prepare imagenet2012 with
-`python -m diffjax.data prepare --name imagenet2012` (needs the ImageNet download). SiT's
-ImageNet loader center-crops (ADM's center_crop_arr) where ours resizes.
+Latents: Stable Diffusion's VAE (config.codec.name='sd_vae', f8, 4 channels, scale 0.18215),
+z sampled from the posterior each step as SiT's train.py does. No weights can be downloaded by
+diffjax: pass the folder you have, e.g. --config.codec.sd_vae.path=/data/sd-vae-ft-ema (the Hub's
+stabilityai/sd-vae-ft-ema layout: config.json + diffusion_pytorch_model.safetensors).
+
+What we lack: prepare imagenet2012 with `python -m diffjax.data prepare --name imagenet2012`
+(needs the ImageNet download). SiT's ImageNet loader center-crops (ADM's center_crop_arr) where
+ours resizes. SiT encodes on the fly, as we do by default; config.codec.sd_vae.cache=True caches
+the moments instead (about 84 GB for ImageNet with flips, float32).
 """
 
 from configs import base
@@ -23,6 +28,7 @@ def get_config():
     config.data.image_size = 256
     config.data.random_flip = True              # SiT: RandomHorizontalFlip
     config.codec.name = "sd_vae"                # 256x256x3 -> 32x32x4 (stabilityai/sd-vae-ft-ema)
+    config.codec.sd_vae.variant = "ft-ema"      # --config.codec.sd_vae.path=<its folder>
     config.conditioning.name = "class_label"
     config.conditioning.class_label.dropout = 0.1   # class_dropout_prob 0.1
     config.model.name = "dit"

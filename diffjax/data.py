@@ -221,18 +221,26 @@ class Pipeline:
         epochs, within = np.divmod(pos, self.num_examples)
         return np.array([self._permutation(e)[w] for e, w in zip(epochs, within)])
 
-    def batch(self, step: int) -> dict[str, np.ndarray]:
-        index = self.indices(step)
+    def flips(self, step: int) -> np.ndarray:
+        """[B_local] bool: which examples of this process's slice of batch `step` are flipped
+        (all False without random_flip)."""
+        if not self.random_flip:
+            return np.zeros(self.local_batch, bool)
+        rng = np.random.default_rng([self.seed, 1 << 20, step])
+        return rng.random(self.global_batch)[self.offset:self.offset + self.local_batch] < 0.5
+
+    def examples(self, index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(uint8 images [n, H, W, C], int32 labels [n]) of dataset indices `index`."""
         if self._images is not None:
-            images, labels = self._images[index], self._labels[index]
-        else:
-            decoded = [self._decode(i) for i in index]
-            images = np.stack([d[0] for d in decoded])
-            labels = np.array([d[1] for d in decoded], np.int32)
+            return self._images[index], self._labels[index]
+        decoded = [self._decode(i) for i in index]
+        return np.stack([d[0] for d in decoded]), np.array([d[1] for d in decoded], np.int32)
+
+    def batch(self, step: int) -> dict[str, np.ndarray]:
+        images, labels = self.examples(self.indices(step))
         images = images.astype(np.float32) / 127.5 - 1.0
         if self.random_flip:
-            rng = np.random.default_rng([self.seed, 1 << 20, step])
-            flip = rng.random(self.global_batch)[self.offset:self.offset + self.local_batch] < 0.5
+            flip = self.flips(step)
             images = np.where(flip[:, None, None, None], images[:, :, ::-1], images)
         return {"image": images, "label": labels}
 

@@ -106,6 +106,8 @@ class Experiment:
         self.seed = int(config.seed)
         self._read_settings(config)
         _check_every_section(config)
+        if "autoencoder" in config:  # the first stage's section (--mode=train_autoencoder)
+            _settings(settings.AutoencoderOptions, config, "autoencoder")
         m = self.mesh_options
         self.mesh = parallel.make_mesh(m.num_devices, m.shape) if devices else None
         d = self.data
@@ -118,6 +120,11 @@ class Experiment:
                 self.val_pipeline = self._pipeline(d.val_split, 0, False)
         self._build_parts(config)
         self._check_across_sections()
+        if self.pipeline is not None and self.codec.cache:
+            from diffjax import latent_cache
+
+            self.pipeline = latent_cache.cached_pipeline(self.codec, self.data, self.pipeline,
+                                                         self.mesh)
         from diffjax.training.optim import build_optimizer
 
         self.tx, self.lr_fn = build_optimizer(self.optim, self.training.num_steps)

@@ -1,6 +1,6 @@
 """Typed settings of the config sections that are not plug-ins: data, training, sampling, inpaint,
-eval, mesh and benchmark (optim's are the optimizer's own, diffjax.training.optim.OptimOptions).
-Each checks its own values (naming the field); the config
+eval, mesh, benchmark and autoencoder (optim's are the optimizer's own,
+diffjax.training.optim.OptimOptions). Each checks its own values (naming the field); the config
 builder (diffjax.experiment) turns a section into one with options.from_mapping, adding the path,
 and checks the rules that span sections."""
 
@@ -11,7 +11,7 @@ import math
 import os
 
 from diffjax.evaluation.inception import PREPROCESSING
-from diffjax.options import check, choice
+from diffjax.options import check, choice, int_tuple
 from diffjax.training.optim import OptimOptions  # noqa: F401  (config.optim: the optimizer's own)
 
 DTYPES = ("float32", "bfloat16")
@@ -199,3 +199,63 @@ class BenchmarkOptions:
         check(self.warmup_steps >= 0, "warmup_steps", self.warmup_steps, "must be >= 0")
         check(self.num_steps >= 1, "num_steps", self.num_steps, "must be >= 1")
         check(self.sample_steps >= 0, "sample_steps", self.sample_steps, "must be >= 0")
+
+
+RECONSTRUCTIONS = ("l1", "l2")
+EXPORTS = ("ema", "raw")
+
+
+@dataclasses.dataclass(frozen=True)
+class AutoencoderOptions:
+    """config.autoencoder. Defaults: LDM's KL-f8 (= Stable Diffusion's VAE: f = 8, 4 latent
+    channels, kl_weight 1e-6, PatchGAN from step 50,001 with disc_weight 0.5)."""
+
+    block_out_channels: tuple = (128, 256, 512, 512)  # one entry per level: f = 2 ** (levels - 1)
+    layers_per_block: int = 2
+    latent_channels: int = 4
+    norm_num_groups: int = 32
+    mid_block_attention: bool = True
+    reconstruction: str = "l1"       # l1 | l2, summed over pixels (LDM)
+    kl_weight: float = 1e-6
+    disc_weight: float = 0.5         # 0: no discriminator
+    disc_start_step: int = 50_001
+    disc_layers: int = 3
+    disc_channels: int = 64
+    disc_lr: float = 0.0             # 0: optim.lr; Adam betas (0.5, 0.9) as LDM
+    export: str = "ema"              # ema | raw: the params WORKDIR/autoencoder holds
+    split: str = ""                  # the autoencoder's training split ('': data.split)
+    num_steps: int = 0               # the stage's budget and step size (0: training.num_steps,
+    batch_size: int = 0              # training.batch_size, optim.lr), so one config file can
+    lr: float = 0.0                  # hold both stages
+    eval_split: str = ""             # held-out images for PSNR/SSIM/rFID ('': data.val_split)
+    eval_num_images: int = 500       # 0: the whole split
+    stats_num_images: int = 0        # training images for the latent statistics (0: all)
+
+    def __post_init__(self):
+        channels = int_tuple("block_out_channels", self.block_out_channels)
+        check(len(channels) >= 1 and all(c >= 1 for c in channels), "block_out_channels",
+              channels, "must be one or more positive channel counts")
+        check(all(c % self.norm_num_groups == 0 for c in channels), "block_out_channels",
+              channels, f"must be multiples of norm_num_groups={self.norm_num_groups}")
+        choice("reconstruction", self.reconstruction, RECONSTRUCTIONS)
+        choice("export", self.export, EXPORTS)
+        for name in ("layers_per_block", "latent_channels", "norm_num_groups", "disc_layers",
+                     "disc_channels"):
+            check(getattr(self, name) >= 1, name, getattr(self, name), "must be >= 1")
+        for name in ("kl_weight", "disc_weight", "disc_lr", "disc_start_step", "eval_num_images",
+                     "stats_num_images", "num_steps", "batch_size", "lr"):
+            check(getattr(self, name) >= 0, name, getattr(self, name), "must be >= 0")
+
+    @property
+    def factor(self) -> int:
+        return 2 ** (len(self.block_out_channels) - 1)
+
+    def model_config(self, image_channels: int):
+        from diffjax.models.autoencoder import AutoencoderConfig
+
+        return AutoencoderConfig(
+            in_channels=image_channels, out_channels=image_channels,
+            block_out_channels=tuple(self.block_out_channels),
+            layers_per_block=self.layers_per_block, latent_channels=self.latent_channels,
+            norm_num_groups=self.norm_num_groups,
+            mid_block_add_attention=self.mid_block_attention)

@@ -39,7 +39,10 @@ BAD_CONFIGS = [
      "config.sampling.heun.s_churn=-1.0 is invalid: must be >= 0"),
     (["--config.sampling.ode.solver=rk45"], "config.sampling.ode.solver='rk45' is unknown; "
      "allowed: tsit5"),
-    (["--config.codec.name=vae"], "config.codec.name='vae' is unknown; allowed: pixels"),
+    (["--config.codec.name=vqgan"], "config.codec.name='vqgan' is unknown; allowed: pixels, "
+     "vae, sd_vae"),
+    (["--config.codec.name=vae"], "config.codec.vae.path='' is invalid: name a diffusers "
+     "AutoencoderKL folder"),
     (["--config.conditioning.name=class_label", "--config.conditioning.class_label.dropout=1.5"],
      "config.conditioning.class_label.dropout=1.5 is invalid: must be in [0, 1)"),
     (["--config.eval.metrics=('fid','fd_dino')"], "config.eval.metrics='fd_dino' is unknown; "
@@ -47,7 +50,8 @@ BAD_CONFIGS = [
     (["--config.sampling.spacing=log"], "config.sampling.spacing='log' is unknown; allowed: "
      "uniform"),
     (["--config.optim.name=sgdd"], "config.optim.name='sgdd' is unknown; allowed: adam, adamw"),
-    (["--config.data.image_size=30"], "image size 30 would give level sizes 30 -> 15 -> 7.5"),
+    (["--config.data.image_size=30"], "input size 30 (x has shape (30, 30, 1), the codec's "
+     "space) would give level sizes 30 -> 15 -> 7.5"),
     (["--config.model.unet.attn_resolutions=(5,)"], "config.model.unet.attn_resolutions=(5,) is "
      "invalid: contains 5, which never occurs for 28x28 images with ch_mult=(1, 2, 2); the level "
      "resolutions are [28, 14, 7]"),

@@ -335,9 +335,10 @@ def check_unet_fits(options: UNetOptions, x_shape: tuple[int, int, int]) -> None
         raise OptionError(
             "ch_mult", options.ch_mult, f"has {levels} levels, so the image is halved "
             f"{levels - 1} times and its size must be divisible by 2**{levels - 1}={factor}; "
-            f"image size {height} would give level sizes {shown}. Allowed image sizes are "
-            f"multiples of {factor} ({', '.join(str(factor * k) for k in range(1, 5))}, ...); "
-            f"otherwise use fewer levels in ch_mult")
+            f"input size {height} (x has shape {tuple(x_shape)}, the codec's space) would give "
+            f"level sizes {shown}. Allowed sizes are multiples of {factor} "
+            f"({', '.join(str(factor * k) for k in range(1, 5))}, ...); otherwise use fewer "
+            f"levels in ch_mult")
     level_sizes = [int(s) for s in sizes]
     for res in options.attn_resolutions:
         check(res in level_sizes, "attn_resolutions", tuple(options.attn_resolutions),

@@ -2,7 +2,7 @@
 `run(config, workdir, fresh, record) -> None`; record: the launch command (config file and
 flags), which training writes to WORKDIR/launch.json."""
 
-MODES = ("train", "sample", "inpaint", "eval", "dry_run", "benchmark")
+MODES = ("train", "sample", "inpaint", "eval", "dry_run", "benchmark", "train_autoencoder")
 
 
 def run(mode: str, config, workdir: str | None, fresh: bool = False,

@@ -166,7 +166,10 @@ class _Run:
              f"global batch: {self.t.batch_size}  steps: {self.start} -> {self.t.num_steps}")
         self.step_fn = exp.train_step_fn()
         self.generator = exp.generator()
-        self.periodic_fid = _periodic_fid(exp, self.generator)
+        # An autoencoder stage has its own in-loop evaluation (none); a diffusion run's is FID.
+        in_loop_eval = getattr(exp, "in_loop_eval", None)
+        self.periodic_fid = (in_loop_eval(self.generator) if in_loop_eval is not None
+                             else _periodic_fid(exp, self.generator))
         self.val_every = self.t.val_every_steps if exp.val_pipeline is not None else 0
         self.val_loss = make_val_loss(exp) if self.val_every else None
         self.pending, self.previous, self.last_saved = [], None, None

@@ -61,7 +61,8 @@ def make_train_step(network, objective, conditioning, codec, tx, ema, lr_fn,
     """Returns train_step(state, batch, codec_params) -> (state, metrics), pure; jit it with
     `jit_train_step`.
 
-    batch: {'image': [B, H, W, C] float32 in [-1, 1], 'label': [B] int32}. The per-step randomness
+    batch: {'image': [B, H, W, C] float32 in [-1, 1] (or a cacheable codec's 'latent_moments'),
+    'label': [B] int32}. The per-step randomness
     comes from fold_in(state.rng, state.step), so it is independent of how the batch is sharded.
     A step whose loss or any gradient is not finite changes nothing but `step` (the data position)
     and `nonfinite_count`; metrics['skipped'] is 1 for it."""
@@ -84,7 +85,7 @@ def make_train_step(network, objective, conditioning, codec, tx, ema, lr_fn,
     def train_step(state, batch, codec_params):
         rng = jax.random.fold_in(state.rng, state.step)
         rng_objective, rng_dropout, rng_cond = jax.random.split(rng, 3)
-        x = codec.encode(codec_params, batch["image"], jax.random.fold_in(rng, 3))
+        x = codec.encode_batch(codec_params, batch, jax.random.fold_in(rng, 3))
         cond = conditioning.train(batch, rng_cond)
         # The whole batch's randomness is drawn first, so accumulation changes nothing but memory.
         inputs = objective.prepare(x, cond, rng_objective, state.step)
