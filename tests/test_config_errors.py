@@ -60,6 +60,8 @@ BAD_CONFIGS = [
     (["--config.mesh.num_devices=16", "--config.mesh.cpu_devices=2"],
      "config.mesh.num_devices=16: 2 devices are available"),
     (["--config.optim.lr=-1.0"], "config.optim.lr=-1.0 is invalid: must be > 0"),
+    (["--config.optim.weight_decay=0.01"], "config.optim.weight_decay=0.01 is applied only by "
+     "optim.name='adamw' (decoupled decay), not by 'adam'; use adamw or set weight_decay=0"),
     (["--config.ema.fixed.decays=(1.0,)"], "config.ema.fixed.decays=(1.0,) is invalid: must be "
      "a non-empty tuple of floats in [0, 1)"),
     (["--config.model.unet.ch=40"], "config.model.unet.ch=40 is invalid: must be a positive "

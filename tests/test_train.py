@@ -2,11 +2,11 @@
 
 import jax
 import numpy as np
-import optax
 import pytest
 from conftest import run_steps, tiny_config, train_run
 
 from diffjax import ema, settings, writers
+from diffjax.errors import ConfigError
 from diffjax.training import optim
 
 
@@ -43,14 +43,65 @@ def test_learning_rate_warmup_then_cosine():
     assert float(lr(110)) == pytest.approx(0.0, abs=1e-9)
 
 
-def test_optimizer_clips_the_global_norm():
-    cfg = settings.OptimOptions(grad_clip=1.0, lr=1.0, warmup_steps=0, name="adam")
-    tx, _ = optim.build_optimizer(cfg, 10)
-    grads = {"w": jax.numpy.full((4,), 10.0)}
-    clipped, _ = optax.clip_by_global_norm(1.0).update(grads, None)
-    assert float(optax.global_norm(clipped)) == pytest.approx(1.0)
-    updates, _ = tx.update(grads, tx.init(grads), grads)
-    assert np.all(np.isfinite(np.asarray(updates["w"])))
+def _adam_updates_by_hand(grads, lr, b1=0.9, b2=0.999, eps=1e-8):
+    """Adam (Kingma & Ba 2015, Algorithm 1) in float64: the update at each step for the list of
+    gradients `grads`, bias-corrected moments."""
+    m = v = 0.0
+    updates = []
+    for step, g in enumerate(grads, start=1):
+        m, v = b1 * m + (1 - b1) * g, b2 * v + (1 - b2) * g**2
+        m_hat, v_hat = m / (1 - b1**step), v / (1 - b2**step)
+        updates.append(-lr * m_hat / (np.sqrt(v_hat) + eps))
+    return updates
+
+
+def _chain_updates(options, grads, params):
+    """The updates our optimizer chain gives for the list of gradients `grads` at fixed params."""
+    tx, _ = optim.build_optimizer(options, 10)
+    state, out = tx.init(params), []
+    for g in grads:
+        updates, state = tx.update({"w": jax.numpy.asarray(g, np.float32)}, state, params)
+        out.append(np.asarray(updates["w"], np.float64))
+    return out
+
+
+def test_optimizer_clips_the_global_norm_before_adam():
+    """A gradient of norm 10 then one of norm 0.5, clip 1: Adam's second step sees the first
+    clipped to norm 1, so its update is Adam's on the clipped gradients, and far from Adam's on
+    the raw ones (there the big first gradient dominates both moments)."""
+    options = settings.OptimOptions(grad_clip=1.0, lr=0.1, warmup_steps=0, name="adam")
+    direction = np.array([0.6, -0.8, 0.0])  # unit norm
+    raw = [10.0 * direction, 0.5 * np.array([0.0, 0.6, 0.8])]
+    clipped = [g * min(1.0, 1.0 / np.linalg.norm(g)) for g in raw]
+    params = {"w": jax.numpy.zeros(3)}
+    ours = _chain_updates(options, raw, params)
+    expected = _adam_updates_by_hand(clipped, lr=0.1)
+    unclipped = _adam_updates_by_hand(raw, lr=0.1)
+    np.testing.assert_allclose(ours[1], expected[1], rtol=1e-5, atol=1e-7)
+    assert np.max(np.abs(expected[1] - unclipped[1])) > 0.01  # clipping changes this update
+
+
+def test_adamw_decays_the_weights_decoupled_from_the_gradient():
+    """AdamW (Loshchilov & Hutter 2019, Algorithm 2, with optax's and PyTorch's lr-scaled decay):
+    first step p -> p - lr (g / (|g| + eps) + wd p), after global-norm clipping; coupled L2
+    (Adam on g + wd p) would give -lr sign(g + wd p) instead."""
+    lr, weight_decay = 0.1, 0.5
+    options = settings.OptimOptions(name="adamw", lr=lr, weight_decay=weight_decay,
+                                    warmup_steps=0, grad_clip=1.0)
+    params = np.array([1.0, -2.0, 3.0])
+    grads = np.array([4.0, 0.0, -3.0])  # norm 5: clipped to 1
+    clipped = grads / 5.0
+    expected = -lr * (clipped / (np.abs(clipped) + 1e-8) + weight_decay * params)
+    ours = _chain_updates(options, [grads], {"w": jax.numpy.asarray(params, np.float32)})
+    np.testing.assert_allclose(ours[0], expected, rtol=1e-5, atol=2e-6)  # float32 rounding
+
+
+def test_weight_decay_with_adam_is_rejected():
+    with pytest.raises(ConfigError, match=r"weight_decay=0.01 is applied only by "
+                                          r"optim.name='adamw'.*not by 'adam'; use adamw or set "
+                                          r"weight_decay=0"):
+        settings.OptimOptions(name="adam", weight_decay=0.01)
+    assert settings.OptimOptions(name="adamw", weight_decay=0.01).weight_decay == 0.01
 
 
 def test_resume_is_exact(data_dir, tmp_path):

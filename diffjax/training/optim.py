@@ -7,7 +7,7 @@ import dataclasses
 
 import optax
 
-from diffjax.options import check, choice
+from diffjax.options import OptionError, check, choice
 
 OPTIMIZERS = ("adam", "adamw")
 LR_DECAYS = ("constant", "cosine")
@@ -22,7 +22,7 @@ class OptimOptions:
     b1: float = 0.9
     b2: float = 0.999
     eps: float = 1e-8
-    weight_decay: float = 0.0     # adamw only (decoupled)
+    weight_decay: float = 0.0     # adamw only (decoupled); > 0 with adam is an error
     warmup_steps: int = 5000
     decay: str = "constant"       # constant | cosine (to lr * final_lr_frac at num_steps)
     final_lr_frac: float = 0.0
@@ -35,6 +35,10 @@ class OptimOptions:
         check(self.warmup_steps >= 0, "warmup_steps", self.warmup_steps, "must be >= 0")
         check(self.grad_clip >= 0, "grad_clip", self.grad_clip, "must be >= 0 (0 disables)")
         check(self.weight_decay >= 0, "weight_decay", self.weight_decay, "must be >= 0")
+        if self.weight_decay > 0 and self.name != "adamw":
+            raise OptionError("weight_decay", self.weight_decay,
+                              "is applied only by optim.name='adamw' (decoupled decay), not by "
+                              f"{self.name!r}; use adamw or set weight_decay=0")
 
 
 def learning_rate_schedule(options: OptimOptions, num_steps: int) -> optax.Schedule:
