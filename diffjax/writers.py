@@ -56,34 +56,70 @@ def truncate_metrics(path: str, last_step: int) -> None:
             f.writelines(json.dumps(r) + "\n" for r in kept)
 
 
+def smooth_by_steps(steps: np.ndarray, values: np.ndarray, half_life_steps: float) -> np.ndarray:
+    """Debiased exponential moving average over training steps: TensorBoard's smoothing, with the
+    weight of a point halving every `half_life_steps` steps instead of at every logged point.
+
+    steps: [N] increasing; values: [N]. Returns [N] float64: point n is
+    sum_i c_i values[i] / sum_i c_i over i <= n, with
+    c_i = (1 - 0.5^(gap_i / half_life_steps)) 0.5^((steps[n] - steps[i]) / half_life_steps) and
+    gap_i = max(steps[i] - steps[i-1], 1) (the first point takes the next gap). Equally spaced
+    points give TensorBoard's debiased EMA with weight 0.5^(gap / half_life_steps), and a constant
+    stays that constant from the first point. Non-finite values pass through and are skipped."""
+    steps, values = np.asarray(steps, np.float64), np.asarray(values, np.float64)
+    smoothed = values.copy()
+    finite = np.flatnonzero(np.isfinite(values))
+    gaps = np.diff(steps[finite], prepend=np.nan)
+    if len(finite):
+        gaps[0] = gaps[1] if len(finite) > 1 else 1.0
+    gaps = np.maximum(gaps, 1.0)  # a repeated step counts as one step
+    biased, total_weight = 0.0, 0.0
+    for index, gap in zip(finite, gaps):
+        decay = 0.5 ** (gap / half_life_steps)
+        biased = decay * biased + (1 - decay) * values[index]
+        total_weight = decay * total_weight + (1 - decay)
+        smoothed[index] = biased / total_weight
+    return smoothed
+
+
 def plot_loss_curve(metrics_path: str, out_path: str) -> None:
-    """Plots loss (and EMA-smoothed loss, and val_loss where logged) against step from
-    metrics.jsonl into a PNG."""
+    """Plots metrics.jsonl into a PNG, one panel each against step: the training loss with its
+    debiased EMA (half-life 5% of the steps), the validation loss where logged, the learning
+    rate."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    records = [r for r in read_metrics(metrics_path) if r.get("loss") is not None]
-    if not records:
+    records = read_metrics(metrics_path)
+    train = [r for r in records if r.get("loss") is not None]
+    if not train:
         return
-    steps = np.array([r["step"] for r in records])
-    loss = np.array([r["loss"] for r in records])
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(steps, loss, alpha=0.4, label="loss")
+    val = [r for r in records if r.get("val_loss") is not None]
+    lr = [r for r in records if r.get("lr") is not None]
+    panels = ["loss"] + (["val_loss"] if val else []) + (["lr"] if lr else [])
+    fig, axes = plt.subplots(len(panels), 1, figsize=(6, 1.2 + 2.2 * len(panels)), sharex=True,
+                             squeeze=False)
+    axes = dict(zip(panels, axes[:, 0]))
+    steps = np.array([r["step"] for r in train])
+    loss = np.array([r["loss"] for r in train])
+    axes["loss"].plot(steps, loss, alpha=0.4, label="loss")
     if len(loss) > 5:
-        smooth, acc = [], loss[0]
-        for value in loss:
-            acc = 0.9 * acc + 0.1 * value
-            smooth.append(acc)
-        ax.plot(steps, smooth, label="smoothed")
-    val = [r for r in read_metrics(metrics_path) if r.get("val_loss") is not None]
+        half_life_steps = max(0.05 * (steps[-1] - steps[0]), 1.0)
+        axes["loss"].plot(steps, smooth_by_steps(steps, loss, half_life_steps),
+                          label=f"smoothed (debiased EMA, half-life {half_life_steps:.0f} steps)")
+    axes["loss"].set_ylabel("training loss")
+    axes["loss"].set_yscale("log")
+    axes["loss"].legend()
     if val:  # training.val_every_steps: the loss on held-out data at fixed noise levels
-        ax.plot([r["step"] for r in val], [r["val_loss"] for r in val], "o-", label="val_loss")
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss")
-    ax.set_yscale("log")
-    ax.legend()
+        axes["val_loss"].plot([r["step"] for r in val], [r["val_loss"] for r in val], "o-",
+                              color="C2")
+        axes["val_loss"].set_ylabel("validation loss")
+        axes["val_loss"].set_yscale("log")
+    if lr:
+        axes["lr"].plot([r["step"] for r in lr], [r["lr"] for r in lr], color="C3")
+        axes["lr"].set_ylabel("learning rate")
+    axes[panels[-1]].set_xlabel("step")
     fig.tight_layout()
     fig.savefig(out_path, dpi=100)
     plt.close(fig)

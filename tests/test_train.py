@@ -1,5 +1,7 @@
 """The compiled train step: device-count invariance, EMA, learning rate and exact resume."""
 
+import json
+
 import jax
 import numpy as np
 import pytest
@@ -119,3 +121,35 @@ def test_resume_is_exact(data_dir, tmp_path):
         return [r["loss"] for r in writers.read_metrics(str(tmp_path / run / "metrics.jsonl"))]
 
     assert losses("straight") == losses("resumed") and len(losses("straight")) == 4
+
+
+def test_smoothed_loss_of_a_constant_is_that_constant_from_the_first_point():
+    steps = np.array([0, 5, 7, 30, 31, 100])
+    np.testing.assert_allclose(writers.smooth_by_steps(steps, np.full(6, 0.3), 20.0), 0.3,
+                               rtol=1e-12)
+
+
+def test_smoothed_loss_of_a_step_is_the_debiased_ema_by_steps():
+    """Values a for k points then b, every gap steps: with w = 0.5^(gap / half_life), the debiased
+    EMA (TensorBoard) at point n >= k is (a w^(n-k+1) (1 - w^k) + b (1 - w^(n-k+1))) / (1 - w^(n+1))
+    and a before."""
+    a, b, k, gap, half_life = 0.55, 0.03, 3, 10, 20.0
+    values = np.array([a] * k + [b] * 7)
+    n = np.arange(len(values))
+    w = 0.5 ** (gap / half_life)
+    after = (a * w ** (n - k + 1) * (1 - w**k) + b * (1 - w ** (n - k + 1))) / (1 - w ** (n + 1))
+    expected = np.where(n < k, a, after)
+    np.testing.assert_allclose(writers.smooth_by_steps(100 + gap * n, values, half_life),
+                               expected, rtol=1e-12)
+
+
+def test_loss_curve_plots_validation_loss_and_learning_rate_on_their_own_panels(tmp_path):
+    """Three panels (loss, val_loss, lr) at 100 dpi: 600 x 100 (1.2 + 3 x 2.2) pixels."""
+    from PIL import Image
+
+    metrics = tmp_path / "metrics.jsonl"
+    metrics.write_text("".join(
+        json.dumps({"step": s, "loss": 0.5 / (1 + s), "lr": 1e-4 * min(s, 3),
+                    **({"val_loss": 0.4} if s % 4 == 0 else {})}) + "\n" for s in range(1, 9)))
+    writers.plot_loss_curve(str(metrics), str(tmp_path / "curve.png"))
+    assert Image.open(tmp_path / "curve.png").size == (600, 780)
