@@ -11,7 +11,7 @@ from diffjax.core.parameterizations import (
     edm_preconditioning,
     make_parameterization,
 )
-from diffjax.objectives.denoising import Denoising
+from diffjax.objectives.denoising import Denoising, DenoisingOptions
 
 NAMES = PARAMETERIZATIONS.names()
 FLOW = schedules.make_schedule("flow_linear")
@@ -45,10 +45,9 @@ def test_converters_round_trip(param, ve):
     np.testing.assert_allclose(eps_hat, eps, atol=2e-4)
 
 
-@pytest.mark.parametrize("weighting", weightings.WEIGHTINGS)
 @pytest.mark.parametrize("param", NAMES)
-def test_weighted_loss_equals_its_eps_space_form(param, weighting):
-    """w_target ||target_hat - target||^2 == w_eps ||eps_hat - eps||^2 for any network output."""
+def test_error_scale_is_the_ratio_of_target_to_eps_errors(param):
+    """||target_hat - target||^2 == error_scale ||eps_hat - eps||^2 at fixed x_t, any output."""
     x0, eps, alpha, sigma = _draw(1)
     b = lambda c: c[:, None, None, None]  # noqa: E731
     x_t = b(alpha) * x0 + b(sigma) * eps
@@ -56,9 +55,70 @@ def test_weighted_loss_equals_its_eps_space_form(param, weighting):
     _, eps_hat = P(param).x0_eps(x_t, output, alpha, sigma)
     tgt = P(param).target(x0, eps, alpha, sigma)
     mse = lambda a, b: jnp.mean((a - b) ** 2, (1, 2, 3))  # noqa: E731
-    lhs = weightings.loss_weight(weighting, P(param), alpha, sigma) * mse(output, tgt)
-    rhs = weightings.eps_weight(weighting, P(param), alpha, sigma) * mse(eps_hat, eps)
-    np.testing.assert_allclose(lhs, rhs, rtol=2e-3)
+    np.testing.assert_allclose(mse(output, tgt),
+                               P(param).error_scale(alpha, sigma) * mse(eps_hat, eps), rtol=2e-3)
+
+
+def _c_skip_out(param, alpha, sigma, sigma_data=0.5):
+    """Closed-form (c_skip, c_out) of x0_hat = c_skip x_t + c_out F (Karras et al. 2022, eq. 7):
+    eps: 1/alpha, -sigma/alpha;  x0: 0, 1;  v: alpha, -sigma over alpha^2 + sigma^2;
+    edm: Table 1's at s = sigma/alpha on x_t / alpha;  velocity (rates -1, 1): x0 = (x_t - sigma
+    v) / (alpha + sigma)."""
+    a, s, sd = np.asarray(alpha, np.float64), np.asarray(sigma, np.float64), sigma_data
+    return {"eps": (1 / a, -s / a), "x0": (0 * a, 1 + 0 * a),
+            "v": (a / (a**2 + s**2), -s / (a**2 + s**2)),
+            "edm": (sd**2 / ((s / a) ** 2 + sd**2) / a,
+                    (s / a) * sd / np.sqrt((s / a) ** 2 + sd**2)),
+            "velocity": (1 / (a + s), -s / (a + s))}[param]
+
+
+def _paper_x0_weight(weighting, param, alpha, sigma, gamma=5.0, sigma_data=0.5):
+    """Each weighting's weight on ||x0_hat - x0||^2 as its paper writes it (float64 [B]):
+    simple: the unweighted MSE of the network's own target F = (x0 - c_skip x_t) / c_out
+            (Ho et al. 2020 L_simple), i.e. 1 / c_out^2 on x0;
+    snr:    SNR = alpha^2 / sigma^2 (Kingma et al. 2021; equals the eps MSE);
+    min_snr: min(SNR, gamma) (Hang et al. 2023, Sec. 3.4, on the x0 loss; min(SNR, gamma) / SNR
+            on the eps loss);
+    edm:    lambda(s) = (s^2 + sigma_data^2) / (s sigma_data)^2 at the VE-equivalent s = sigma /
+            alpha (Karras et al. 2022, eq. 8 and Table 1)."""
+    a, s = np.asarray(alpha, np.float64), np.asarray(sigma, np.float64)
+    snr, ve_sigma = a**2 / s**2, s / a
+    if weighting == "simple":
+        return 1 / _c_skip_out(param, a, s, sigma_data)[1] ** 2
+    if weighting == "snr":
+        return snr
+    if weighting == "min_snr":
+        return np.minimum(snr, gamma)
+    return (ve_sigma**2 + sigma_data**2) / (ve_sigma * sigma_data) ** 2
+
+
+@pytest.mark.parametrize("weighting", weightings.WEIGHTINGS)
+@pytest.mark.parametrize("param", NAMES)
+def test_weighted_loss_is_the_papers_weight_on_the_x0_error(param, weighting):
+    """The denoising loss of a fixed network output F at t in {0.05, 0.15, 0.5, 0.9} (SNR from
+    ~250 to ~0.025, both sides of gamma = 5) equals the paper's weight times ||x0_hat - x0||^2,
+    with x0_hat = c_skip x_t + c_out F from the closed forms."""
+    schedule = schedules.make_schedule("flow_linear" if param == "velocity" else "vp_cosine")
+    options = DenoisingOptions(weighting=weighting, min_snr_gamma=5.0)
+    objective = Denoising(schedule, make_parameterization(param, 0.5, schedule=schedule), options)
+    rng = np.random.default_rng(10)
+    t = jnp.array([0.05, 0.15, 0.5, 0.9], jnp.float32)
+    x0 = jnp.asarray(rng.uniform(-1, 1, (4, 4, 4, 2)), jnp.float32)
+    eps = jnp.asarray(rng.standard_normal((4, 4, 4, 2)), jnp.float32)
+    output = jnp.asarray(rng.standard_normal((4, 4, 4, 2)), jnp.float32)
+    loss = objective.per_example_loss(lambda net_input, c_noise: output, x0, t, eps)
+    alpha = np.asarray(schedule.alpha(t), np.float64)
+    sigma = np.asarray(schedule.sigma(t), np.float64)
+    snr = alpha**2 / sigma**2
+    assert snr.max() > 5.0 > snr.min()
+    c_skip, c_out = _c_skip_out(param, alpha, sigma)
+    b = lambda c: c[:, None, None, None]  # noqa: E731
+    x0_64, eps_64 = np.asarray(x0, np.float64), np.asarray(eps, np.float64)
+    x_t = b(alpha) * x0_64 + b(sigma) * eps_64
+    x0_hat = b(c_skip) * x_t + b(c_out) * np.asarray(output, np.float64)
+    expected = _paper_x0_weight(weighting, param, alpha, sigma) * np.mean((x0_hat - x0_64) ** 2,
+                                                                           (1, 2, 3))
+    np.testing.assert_allclose(loss, expected, rtol=2e-4)
 
 
 def test_min_snr_weights_match_hang_et_al():
@@ -79,13 +139,6 @@ def test_edm_weight_is_karras_lambda_on_x0():
     lam = (sigma**2 + 0.25) / (sigma * 0.5) ** 2
     np.testing.assert_allclose(weightings.loss_weight("edm", P("x0"), alpha, sigma, sigma_data=0.5),
                                lam, rtol=1e-5)
-
-
-def test_simple_weight_is_one_on_own_target():
-    _, _, alpha, sigma = _draw(4)
-    for param in NAMES:
-        np.testing.assert_allclose(weightings.loss_weight("simple", P(param), alpha, sigma), 1.0,
-                                   rtol=1e-5)
 
 
 def test_uniform_time_sampling_on_discrete_grid():
@@ -144,11 +197,10 @@ def test_edm_on_vp_equals_edm_on_its_ve_equivalent():
     np.testing.assert_allclose(vp_input, ve_input, rtol=2e-4, atol=2e-5)
 
 
-def test_edm_weighting_gives_unit_weight_on_F():
-    """EDM chooses lambda(sigma) = 1 / c_out^2 so that the loss on F has weight 1 (Sec. 5)."""
-    _, _, alpha, sigma = _draw(6)
-    np.testing.assert_allclose(weightings.loss_weight("edm", P("edm"), alpha, sigma), 1.0,
-                               rtol=1e-5)
+def test_edm_lambda_is_one_over_c_out_squared():
+    """EDM chooses lambda(sigma) = 1 / c_out^2 so that the loss on F has weight 1 (Sec. 5);
+    the loss of the edm weighting on F itself is checked in
+    test_weighted_loss_is_the_papers_weight_on_the_x0_error."""
     sigma = jnp.array([0.01, 1.0, 50.0])
     _, c_out, _ = edm_preconditioning(1.0, sigma)
     lam = (sigma**2 + 0.25) / (sigma * 0.5) ** 2
@@ -197,13 +249,7 @@ def test_x0_is_c_skip_x_t_plus_c_out_times_the_output(param, ve):
     rng = np.random.default_rng(9)
     x_t = jnp.asarray(rng.standard_normal((6, 4, 4, 2)), jnp.float32)
     out = jnp.asarray(rng.standard_normal((6, 4, 4, 2)), jnp.float32)
-    a, s = np.asarray(alpha, np.float64), np.asarray(sigma, np.float64)
-    sd = 0.5
-    expected = {"eps": (1 / a, -s / a), "x0": (0 * a, 1 + 0 * a),
-                "v": (a / (a**2 + s**2), -s / (a**2 + s**2)),
-                "edm": (sd**2 / ((s / a) ** 2 + sd**2) / a,
-                        (s / a) * sd / np.sqrt((s / a) ** 2 + sd**2)),
-                "velocity": (1 / (a + s), -s / (a + s))}[param]  # x0 = x_t - t v at a + s = 1
+    expected = _c_skip_out(param, alpha, sigma)
     c_skip, c_out = P(param).c_skip_out(alpha, sigma)
     np.testing.assert_allclose(c_skip, expected[0], rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(c_out, expected[1], rtol=1e-5, atol=1e-7)
