@@ -25,6 +25,8 @@ setup_test() {  # test-only packages (torch CPU as the FID reference, scipy, pyt
   setup
   if [ ! -f "$TEST_STAMP" ]; then
     "$VENV/bin/python" -m pip install -q -r requirements-test.txt
+    # the KID/IS peer (tests/test_metric_peers.py) without the CUDA torchvision it would pull in
+    "$VENV/bin/python" -m pip install -q --no-deps torch-fidelity==0.4.0
     touch "$TEST_STAMP"
   fi
 }

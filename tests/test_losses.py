@@ -210,8 +210,9 @@ def test_edm_lambda_is_one_over_c_out_squared():
 @pytest.mark.parametrize("param", NAMES)
 def test_training_feeds_the_network_through_network_output(param):
     """The denoising loss calls the network on c_in x_t (EDM's 1 / sqrt(sigma^2 + alpha^2 sd^2);
-    1 otherwise) and c_noise(t) = 1000 t on a continuous schedule, exactly as the sampler's
-    network_output does, with eps = normal(split(rng)[1]) and x_t = alpha x0 + sigma eps."""
+    1 otherwise) and c_noise(t) (EDM's ln(sigma / alpha) / 4, else 1000 t on a continuous
+    schedule), exactly as the sampler's network_output does, with eps = normal(split(rng)[1])
+    and x_t = alpha x0 + sigma eps."""
     sched = schedules.make_schedule("vp_cosine")
     objective = Denoising(sched, P(param))
     x0 = jnp.asarray(np.random.default_rng(7).uniform(-1, 1, (4, 2, 2, 1)), jnp.float32)
@@ -231,7 +232,8 @@ def test_training_feeds_the_network_through_network_output(param):
     x_t = alpha * x0 + sigma * eps
     scale = 1 / jnp.sqrt(sigma**2 + alpha**2 * 0.25) if param == "edm" else 1.0
     np.testing.assert_allclose(seen["input"], scale * x_t, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(seen["cond"], 1000.0 * t, rtol=1e-6)
+    c_noise = jnp.log(sigma[:, 0, 0, 0] / alpha[:, 0, 0, 0]) / 4 if param == "edm" else 1000.0 * t
+    np.testing.assert_allclose(seen["cond"], c_noise, rtol=1e-5, atol=1e-6)
     P(param).network_output(lambda x, c: apply(None, x, c, {}), x_t, t, sched)
     np.testing.assert_allclose(seen["input"], scale * x_t, rtol=1e-5, atol=1e-6)
 

@@ -22,8 +22,10 @@ def _assert_params_close(a, b, atol):
                                    err_msg=jax.tree_util.keystr(path))
 
 
-def test_grad_accumulation_over_4_micro_batches_equals_the_4x_batch(data_dir):
-    config = tiny_config(data_dir, **{"model.unet.dropout": 0.0, "mesh.num_devices": 2})
+@pytest.mark.parametrize("dropout", [0.0, 0.3])
+def test_grad_accumulation_over_4_micro_batches_equals_the_4x_batch(data_dir, dropout):
+    """With dropout too: each example's masks come from its own key, whatever the split."""
+    config = tiny_config(data_dir, **{"model.unet.dropout": dropout, "mesh.num_devices": 2})
     _, big, big_losses = run_steps(config, 2)
     config.training.grad_accum_steps = 4  # 8 -> 4 micro-batches of 2, one example per device
     _, accumulated, accumulated_losses = run_steps(config, 2)

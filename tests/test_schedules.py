@@ -72,7 +72,7 @@ def test_vp_linear_matches_score_sde_marginal():
     np.testing.assert_allclose(sched.alpha(t), mean_coeff, rtol=1e-5)
 
 
-@pytest.mark.parametrize("param", ["eps", "x0", "v", "edm"])
+@pytest.mark.parametrize("param", ["eps", "x0", "v"])
 def test_c_noise_is_the_ddpm_step_index_or_1000t(param):
     """Every parameterization conditions the network on the DDPM step index i on discrete
     schedules (t = (i + 1) / T) and on 1000 t on continuous ones (score_sde)."""
@@ -83,6 +83,23 @@ def test_c_noise_is_the_ddpm_step_index_or_1000t(param):
     t = jnp.array([0.001, 0.25, 1.0])
     np.testing.assert_allclose(p.c_noise(schedules.make_schedule("vp_cosine"), t),
                                [1.0, 250.0, 1000.0], rtol=1e-6)
+
+
+def test_edm_c_noise_is_karras_table1_quarter_log_sigma():
+    """EDM conditions its network on c_noise = ln(sigma) / 4 (Karras et al. 2022, Table 1):
+    0.25 ln 0.002 = -1.5537, 0.25 ln 1 = 0, 0.25 ln 80 = 1.0955 on the VE schedule; on a VP
+    schedule at the VE-equivalent sigma / alpha, as training and sampling both call it."""
+    p = make_parameterization("edm")
+    ve = schedules.make_schedule("edm")
+    t = ve.t_from_logsnr(-2.0 * jnp.log(jnp.array([0.002, 1.0, 80.0])))
+    np.testing.assert_allclose(p.c_noise(ve, t), [-1.553652, 0.0, 1.095523], atol=2e-5)
+    vp = schedules.make_schedule("vp_cosine")
+    t = jnp.array([0.1, 0.5, 0.9])
+    sigma_ve = np.asarray(vp.sigma(t)) / np.asarray(vp.alpha(t))
+    np.testing.assert_allclose(p.c_noise(vp, t), np.log(sigma_ve) / 4, rtol=1e-5)
+    seen = []
+    p.network_output(lambda x, c: seen.append(c) or x, jnp.ones((3, 2, 2, 1)), t, vp)
+    np.testing.assert_allclose(seen[0], np.log(sigma_ve) / 4, rtol=1e-5)
 
 
 def test_edm_sigma_grid_matches_karras_eq5():

@@ -10,8 +10,8 @@ estimate as x0_hat = c_skip x_t + c_out F(c_in x_t, c_noise), where F is the net
   edm: F of the EDM preconditioning (Karras et al. 2022, Table 1) at the VE-equivalent noise level
        s = sigma / alpha acting on x_t / alpha, so it works on VP schedules too
        (x_t / alpha = x0 + (sigma / alpha) eps).
-c_noise is today's conditioning for every parameterization: the step index t T - 1 on discrete
-schedules, 1000 t on continuous ones (score_sde).
+c_noise, the scalar the network is conditioned on: EDM's ln(s) / 4 (Table 1) for edm; for the
+others the step index t T - 1 on discrete schedules (DDPM), 1000 t on continuous ones (score_sde).
 """
 
 from __future__ import annotations
@@ -192,6 +192,12 @@ class EDM(Parameterization):
         """c_in / alpha = 1 / sqrt(sigma^2 + alpha^2 sigma_data^2)."""
         alpha, sigma = _f32(alpha, sigma)
         return 1.0 / jnp.sqrt(sigma**2 + alpha**2 * self.sigma_data**2)
+
+    def c_noise(self, schedule, t):
+        """ln(s) / 4 at the VE-equivalent noise level s = sigma / alpha (Table 1's c_noise).
+        t: [B] -> [B] float32."""
+        alpha, sigma = _f32(schedule.alpha(t), schedule.sigma(t))
+        return 0.25 * jnp.log(sigma / alpha)
 
     def c_skip_out(self, alpha, sigma):
         c_skip, c_out, _ = edm_preconditioning(alpha, sigma, self.sigma_data)

@@ -22,25 +22,45 @@ def _keep_if(finite, new, old):
     return jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
 
 
-def _accumulated(grad_fn, trainable, inputs, args, rng_dropout, accum: int):
+def _accumulated(grad_fn, trainable, inputs, args, example_keys, accum: int):
     """(loss, metrics, grads) of the whole batch: one pass, or the mean over `accum`
-    micro-batches under lax.scan, each with its own dropout key."""
+    micro-batches under lax.scan. example_keys [B]: each example's dropout key, split with it."""
     if accum == 1:
-        (loss, metrics), grads = grad_fn(trainable, inputs, *args, rng_dropout)
+        (loss, metrics), grads = grad_fn(trainable, inputs, *args, example_keys)
         return loss, metrics, grads
 
-    def add(carry, micro_and_key):
-        micro, key = micro_and_key
-        (loss_j, metrics_j), grads_j = grad_fn(trainable, micro, *args, key)
+    def add(carry, micro):
+        micro_inputs, micro_keys = micro
+        (loss_j, metrics_j), grads_j = grad_fn(trainable, micro_inputs, *args, micro_keys)
         return jax.tree.map(jnp.add, carry, (loss_j, metrics_j, grads_j)), None
 
-    micros = _split_micro(inputs, accum)
-    metrics_shape = jax.eval_shape(lambda: grad_fn(
-        trainable, jax.tree.map(lambda x: x[0], micros), *args, rng_dropout)[0][1])
+    micros = _split_micro((inputs, example_keys), accum)
+    first_inputs, first_keys = jax.tree.map(lambda x: x[0], micros)
+    metrics_shape = jax.eval_shape(
+        lambda: grad_fn(trainable, first_inputs, *args, first_keys)[0][1])
     zeros = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, metrics_shape),
              jax.tree.map(jnp.zeros_like, trainable))
-    total, _ = jax.lax.scan(add, zeros, (micros, jax.random.split(rng_dropout, accum)))
+    total, _ = jax.lax.scan(add, zeros, micros)
     return jax.tree.map(lambda x: x / accum, total)
+
+
+def per_example_dropout_apply(network, params, x, noise_cond, cond, example_keys):
+    """network.apply in training mode with example i's dropout masks drawn from example_keys[i]
+    alone (vmapped over the batch), so the masks do not depend on how the batch is split into
+    micro-batches or over devices. x: [B,H,W,C]; noise_cond, cond: [B, ...] leaves;
+    example_keys: [B] keys. A call with another batch size (an objective's own layout) draws its
+    masks from one key derived from example_keys[0]."""
+    if x.shape[0] != example_keys.shape[0]:
+        key = jax.random.fold_in(example_keys[0], x.shape[0])
+        return network.apply(params, x, noise_cond, cond, train=True, rng=key)
+
+    def one(x_i, noise_i, cond_i, key):
+        add_batch = lambda tree: jax.tree.map(lambda leaf: leaf[None], tree)  # noqa: E731
+        out = network.apply(params, x_i[None], add_batch(noise_i), add_batch(cond_i),
+                            train=True, rng=key)
+        return out[0]
+
+    return jax.vmap(one)(x, noise_cond, cond, example_keys)
 
 
 def _update_objective(objective, group_txs, state, grads, params):
@@ -69,18 +89,18 @@ def make_train_step(network, objective, conditioning, codec, tx, ema, lr_fn,
     accum = grad_accum_steps
     group_txs = objective.optimizers()
 
-    def loss_fn(trainable, inputs, objective_state, step, rng_dropout):
+    def loss_fn(trainable, inputs, objective_state, step, example_keys):
         def apply(params, x, noise_cond, cond):
-            return network.apply(params, x, noise_cond, cond, train=True, rng=rng_dropout)
+            return per_example_dropout_apply(network, params, x, noise_cond, cond, example_keys)
 
         return objective.loss(trainable, apply, inputs, objective_state, step)
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
-    def gradients(state, inputs, rng_dropout):
+    def gradients(state, inputs, example_keys):
         trainable = {"network": state.params, **state.objective.params}
         return _accumulated(grad_fn, trainable, inputs, (state.objective.state, state.step),
-                            rng_dropout, accum)
+                            example_keys, accum)
 
     def train_step(state, batch, codec_params):
         rng = jax.random.fold_in(state.rng, state.step)
@@ -89,7 +109,8 @@ def make_train_step(network, objective, conditioning, codec, tx, ema, lr_fn,
         cond = conditioning.train(batch, rng_cond)
         # The whole batch's randomness is drawn first, so accumulation changes nothing but memory.
         inputs = objective.prepare(x, cond, rng_objective, state.step)
-        loss, metrics, grads = gradients(state, inputs, rng_dropout)
+        loss, metrics, grads = gradients(state, inputs,
+                                         jax.random.split(rng_dropout, x.shape[0]))
 
         grad_norm = optax.global_norm(grads["network"])
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
