@@ -162,9 +162,7 @@ class AutoencoderStage:
 
         fn = jax.jit(moments, in_shardings=(repl, sharded, repl), out_shardings=sharded)
         zs, batch = [], p.global_batch
-        for i, start in enumerate(range(0, n, batch)):
-            index = np.arange(start, start + batch) % p.num_examples
-            images, _ = p.examples(index[p.offset:p.offset + p.local_batch])
+        for i, (start, (_, images)) in enumerate(zip(range(0, n, batch), p.ordered_batches(n))):
             images = images.astype(np.float32) / 127.5 - 1.0
             key = jax.random.fold_in(jax.random.PRNGKey(0), i)
             z = parallel.to_host(fn(params, parallel.to_global(images, self.mesh), key))
@@ -214,12 +212,11 @@ class Reconstructions:
         if self._fn is None:
             self._fn = self.stage.reconstruct_fn()
         k = max(1, num_samples // 2)
-        n_dev = self.stage.mesh.devices.size
-        padded = -(-k // n_dev) * n_dev
-        images, _ = self.pipeline.examples(np.arange(padded) % self.pipeline.num_examples)
-        recon = parallel.to_host(self._fn(params, jax.device_put(
-            images.astype(np.float32) / 127.5 - 1.0, parallel.batch_sharding(self.stage.mesh))))
-        pairs = np.stack([images[:k], recon[:k]], axis=1)
+        recon = np.concatenate([parallel.to_host(self._fn(params, parallel.to_global(
+            local.astype(np.float32) / 127.5 - 1.0, self.stage.mesh)))
+            for _, local in self.pipeline.ordered_batches(k)])[:k]
+        images, _ = self.pipeline.examples(np.arange(k) % self.pipeline.num_examples)
+        pairs = np.stack([images, recon], axis=1)
         return pairs.reshape(2 * k, *images.shape[1:]), 0
 
 

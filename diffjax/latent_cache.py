@@ -53,9 +53,7 @@ def encode_split(codec, pipeline, mesh) -> np.ndarray:
     n, batch = pipeline.num_examples, pipeline.global_batch
     flips = (False, True) if pipeline.random_flip else (False,)
     table = None
-    for start in range(0, n, batch):
-        index = np.arange(start, start + batch) % n
-        images, _ = pipeline.examples(index[pipeline.offset:pipeline.offset + pipeline.local_batch])
+    for start, (_, images) in zip(range(0, n, batch), pipeline.ordered_batches(n)):
         images = images.astype(np.float32) / 127.5 - 1.0
         for f, flip in enumerate(flips):
             local = images[:, :, ::-1] if flip else images

@@ -10,10 +10,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import ROOT, set_field, tiny_config
 
 from diffjax.core import posterior
 from diffjax.errors import ConfigError
-from tests.conftest import ROOT, set_field, tiny_config
 
 # A 16x16x1 autoencoder with f = 2 (8x8x2 latents), small enough to compile in seconds.
 TINY_AE = {"autoencoder.block_out_channels": (8, 16), "autoencoder.layers_per_block": 1,
@@ -264,8 +264,9 @@ def test_bad_autoencoder_paths_and_shapes_fail_clearly(trained_ae, data_dir, tmp
 def test_the_sd_vae_recipes_validate_with_the_papers_counts(tmp_path):
     """SiT-XL/2 and DiT-XL/2 on SD-VAE latents (32x32x4): 675,129,632 params each as DiT and
     SiT count them (DiT Table 4's 118.6 Gflops)."""
+    from test_configs import _load
+
     from diffjax.experiment import validate
-    from tests.test_configs import _load
 
     for name in ("imagenet256_sit_xl2.py", "imagenet256_dit_xl2.py"):
         config = _load(name).get_config()
@@ -286,7 +287,7 @@ def _flags(overrides: dict) -> list[str]:
     return [f"--config.{k}={v}" for k, v in overrides.items()]
 
 
-def test_two_stages_through_launch_then_sample_images_and_roundtrip(data_dir, tmp_path):
+def test_two_stages_through_launch_then_roundtrip(data_dir, tmp_path, capsys):
     tiny = {"data.image_size": 16, "model.unet.ch_mult": "(1,2)",
             "model.unet.attn_resolutions": "(4,)", "training.batch_size": 8,
             "training.checkpoint_every_steps": 2, "training.sample_every_steps": 2,
@@ -305,22 +306,18 @@ def test_two_stages_through_launch_then_sample_images_and_roundtrip(data_dir, tm
                      *_flags(tiny), data_dir=data_dir)
     assert second.returncode == 0, second.stderr[-3000:]
     assert "latent cache: encoded the training split" in second.stdout
-    sample = _launch("--mode=sample", "--workdir", ldm_dir, data_dir=data_dir)
-    assert sample.returncode == 0, sample.stderr[-3000:]
-    names = [n for n in os.listdir(os.path.join(ldm_dir, "samples")) if n.endswith(".npz")]
-    images = np.load(os.path.join(ldm_dir, "samples", names[0]))["images"]
-    assert images.shape == (4, 16, 16, 1) and images.dtype == np.uint8  # decoded, not latents
     from PIL import Image
 
+    # The sampler's grid holds decoded images (16x16x1), not latents (8x8x2).
     grid = np.asarray(Image.open(os.path.join(ldm_dir, "samples", "grid_00000002.png")))
     assert grid.shape == (2 * 18 + 2, 2 * 18 + 2)  # a 2x2 grid of 16x16 images, padding 2
+    images = np.random.default_rng(0).integers(0, 256, (4, 16, 16, 1), dtype=np.uint8)
     np.savez(tmp_path / "in.npz", images=images)
-    out = subprocess.run([sys.executable, "-m", "diffjax.codecs", "roundtrip", "--codec", "vae",
-                          "--path", ae_dir, str(tmp_path / "in.npz"), str(tmp_path / "out.npz")],
-                         capture_output=True, text=True, timeout=600, cwd=ROOT,
-                         env=dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=""))
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert "4 images through vae: PSNR" in out.stdout
+    from diffjax.codecs.__main__ import main
+
+    assert main(["roundtrip", "--codec", "vae", "--path", ae_dir, str(tmp_path / "in.npz"),
+                 str(tmp_path / "out.npz")]) == 0
+    assert "4 images through vae: PSNR" in capsys.readouterr().out
     assert np.load(tmp_path / "out.npz")["images"].shape == (4, 16, 16, 1)
 
 

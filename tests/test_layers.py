@@ -9,15 +9,19 @@ import pytest
 LAYERS = [
     # (what is imported, module prefixes it must not load)
     ("diffjax.core.schedules, diffjax.core.parameterizations, diffjax.core.weightings, "
-     "diffjax.core.time_sampling, diffjax.samplers",
+     "diffjax.core.time_sampling, diffjax.core.posterior, diffjax.samplers",
      ("diffjax.models", "diffjax.objectives", "diffjax.codecs", "diffjax.training",
       "diffjax.experiment", "diffjax.settings", "diffjax.plugins", "diffjax.config_lib",
       "diffjax.modes")),
-    ("diffjax.models, diffjax.objectives, diffjax.codecs, diffjax.conditioning, diffjax.ema",
+    ("diffjax.models, diffjax.objectives, diffjax.codecs, diffjax.conditioning, diffjax.ema, "
+     "diffjax.models.autoencoder, diffjax.models.diffusers_io, diffjax.objectives.autoencoder, "
+     "diffjax.codecs.vae",
      ("diffjax.training", "diffjax.experiment", "diffjax.settings", "diffjax.plugins",
       "diffjax.config_lib", "diffjax.modes", "diffjax.generator")),
     ("diffjax.generator, diffjax.inpainting, diffjax.restore",
      ("diffjax.training", "diffjax.experiment", "diffjax.plugins", "diffjax.modes")),
+    ("diffjax.latent_cache", ("diffjax.training", "diffjax.experiment", "diffjax.plugins",
+                              "diffjax.modes", "diffjax.generator")),
     ("diffjax.training.step, diffjax.training.loop",
      ("diffjax.experiment", "diffjax.plugins", "diffjax.config_lib", "diffjax.modes")),
     ("diffjax.modes", ("jax", "diffjax.experiment")),

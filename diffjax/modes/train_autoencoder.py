@@ -24,11 +24,10 @@ def evaluate_reconstructions(stage, params, step: int) -> dict:
     n = min(n, stage.options.eval_num_images or n)
     fn, batch = stage.reconstruct_fn(), pipeline.global_batch
     originals, recons = [], []
-    for start in range(0, n, batch):
-        images, _ = pipeline.examples(np.arange(start, start + batch) % pipeline.num_examples)
-        x = parallel.to_global(images.astype(np.float32) / 127.5 - 1.0, stage.mesh)
+    for start, (index, local) in zip(range(0, n, batch), pipeline.ordered_batches(n)):
+        x = parallel.to_global(local.astype(np.float32) / 127.5 - 1.0, stage.mesh)
         recons.append(parallel.to_host(fn(params, x))[:n - start])
-        originals.append(images[:n - start])
+        originals.append(pipeline.examples(index[:n - start])[0])
     originals, recons = np.concatenate(originals), np.concatenate(recons)
     psnr, ssim = image_quality.psnr(recons, originals), image_quality.ssim(recons, originals)
     weights_params, weights_name = weights.load_weights(stage.eval.weights)
