@@ -75,13 +75,27 @@ def test_guidance_interval_guides_only_inside_the_sigma_range():
     np.testing.assert_array_equal(out, cond)
 
 
-def test_sampling_with_scale_one_equals_sampling_the_conditional_model():
+@pytest.mark.parametrize("w", [1.0, 4.0])
+def test_guided_sampling_of_gaussian_classes_draws_the_tilted_gaussian(w):
+    """Guidance follows the score of p(x_t)^(1 - w) p(x_t | c)^w (Ho & Salimans 2022, eq. 6).
+    With classes N(mu_c, s^2) and the null class N(mu_0, s^2), that is at every t the marginal of
+    N(mu_0 + w (mu_c - mu_0), s^2) data, so a converged ODE sampler returns its PF-ODE map
+    x0 = mu_w + s z with z the noise standardised at the first grid time (then the exact
+    denoiser at the last, as every sampler ends)."""
     x, _, labels = _inputs()
-    noise = jax.random.normal(jax.random.PRNGKey(3), x.shape)
-    run = lambda den: sampling.sample(den, LINEAR, "eps", noise, jax.random.PRNGKey(4),  # noqa
-                                      sampler="dpmpp_2m", num_steps=10)[0]
-    guided = run(guidance.classifier_free(class_model, labels, _null(labels), 1.0))
-    np.testing.assert_array_equal(guided, run(lambda x_t, t: class_model(x_t, t, labels)))
+    noise = np.asarray(jax.random.normal(jax.random.PRNGKey(3), x.shape), np.float64)
+    num_steps, s = 50, 0.5
+    den = guidance.classifier_free(class_model, labels, _null(labels), w)
+    out = jax.jit(lambda n: sampling.sample(den, LINEAR, "eps", n, jax.random.PRNGKey(4),
+                                            sampler="dpmpp_2m", num_steps=num_steps)[0])(noise)
+    mu0, mu_c = float(CLASS_MEANS[NULL]), np.asarray(CLASS_MEANS)[np.asarray(labels)]
+    mu = (mu0 + w * (mu_c - mu0))[:, None, None, None]
+    ts = sampling.time_grid(LINEAR, num_steps, "uniform")
+    (a0, s0), (a, sg) = [(float(LINEAR.alpha(t)), float(LINEAR.sigma(t))) for t in (ts[0], ts[-1])]
+    x_last = a * mu + np.sqrt(a**2 * s**2 + sg**2) * (noise - a0 * mu) / np.sqrt(a0**2 * s**2
+                                                                                  + s0**2)
+    expected = mu + a * s**2 / (a**2 * s**2 + sg**2) * (x_last - a * mu)
+    np.testing.assert_allclose(out, expected, atol=0.02)  # dpmpp_2m at 50 steps: 0.005
 
 
 # ---------------------------------------------------------------------------------------------

@@ -109,6 +109,77 @@ def test_ddim_eta1_equals_ddpm_small_step_for_step():
 
 
 # ---------------------------------------------------------------------------------------------
+# The injected noise: one stochastic step from a fixed x_T, then the exact denoiser (affine in
+# x), so the samples are Gaussian with a closed-form mean and standard deviation.
+
+
+def _from_one_point(schedule, x_T, **options):
+    """Samples of every example started at the same x_T (so only the injected noise differs)."""
+    noise = jnp.full(SHAPE, x_T)
+    run = jax.jit(lambda n, k: sampling.sample(gaussian_denoiser(schedule), schedule, "eps", n, k,
+                                               **options)[0])
+    return np.asarray(run(noise, jax.random.PRNGKey(2)), np.float64)
+
+
+def _assert_gaussian(x, mean, std):
+    """x: 16,000 draws of N(mean, std^2): 5 standard errors on the mean, 3% on the std (5 se)."""
+    assert x.std() == pytest.approx(std, rel=0.03)
+    assert x.mean() == pytest.approx(mean, abs=5 * std / np.sqrt(x.size) + 1e-5)
+
+
+@pytest.mark.parametrize("sampler, options", [
+    ("ddim", dict(eta=0.5)), ("ddim", dict(eta=0.3, temperature=0.5)),
+    ("ddpm", dict(variance="small", temperature=0.5)),
+    ("ddpm", dict(variance="large", temperature=0.5)),
+])
+def test_eta_and_temperature_set_the_noise_of_ddim_eq16_and_ddpm_eq7(sampler, options):
+    """DDIM (Song et al. 2021, eq. 12 and 16) from x_t to x_s, a = alpha^2 (alpha-bar):
+    x_s = sqrt(a_s) x0_hat + sqrt(1 - a_s - c^2) eps_hat + temperature c z with
+    c = eta sqrt((1 - a_s) / (1 - a_t)) sqrt(1 - a_t / a_s). DDPM (Ho et al. 2020, eq. 7):
+    the posterior mean with c^2 = beta~ = (1 - a_s) / (1 - a_t) beta ('small') or
+    beta = 1 - a_t / a_s ('large')."""
+    x_T, temperature = 0.7, options.get("temperature", 1.0)
+    ts = sampling.time_grid(LINEAR, 2, "uniform")
+    a_t, a_s = (float(LINEAR.alpha(t)) ** 2 for t in ts)
+    x0_hat = MU + np.sqrt(a_t) * S**2 / (a_t * S**2 + 1 - a_t) * (x_T - np.sqrt(a_t) * MU)
+    eps_hat = (x_T - np.sqrt(a_t) * x0_hat) / np.sqrt(1 - a_t)
+    beta = 1 - a_t / a_s
+    if sampler == "ddim":
+        c = options["eta"] * np.sqrt((1 - a_s) / (1 - a_t)) * np.sqrt(beta)
+        x_s = np.sqrt(a_s) * x0_hat + np.sqrt(1 - a_s - c**2) * eps_hat
+    else:
+        c = np.sqrt((1 - a_s) / (1 - a_t) * beta if options["variance"] == "small" else beta)
+        x_s = (np.sqrt(a_s) * beta / (1 - a_t) * x0_hat
+               + np.sqrt(1 - beta) * (1 - a_s) / (1 - a_t) * x_T)
+    gain = np.sqrt(a_s) * S**2 / (a_s * S**2 + 1 - a_s)  # the last step: D(x_s) is affine in x_s
+    x = _from_one_point(LINEAR, x_T, sampler=sampler, num_steps=2, **options)
+    _assert_gaussian(x, MU + gain * (x_s - np.sqrt(a_s) * MU), gain * temperature * c)
+
+
+@pytest.mark.parametrize("sampler, s_noise", [("euler", 0.5), ("heun", 0.5), ("heun", 1.0)])
+def test_s_noise_scales_the_churn_noise_of_edm_algorithm_2(sampler, s_noise):
+    """EDM Algorithm 2 (Karras et al. 2022), lines 4-6: gamma = min(S_churn / N, sqrt 2 - 1),
+    sigma^ = (1 + gamma) sigma, x^ = x + sqrt(sigma^2 - sigma^2) S_noise z. Churn at the middle
+    of 3 Karras times only (S_tmin, S_tmax around it); the Euler or Heun step to sigma_2 and the
+    final D(x; sigma_2) are affine, D(x; sigma) = MU + S^2 / (S^2 + sigma^2) (x - MU)."""
+    s_churn = 0.6  # gamma = 0.2
+    sigma = sampling.sigma_ve(EDM, sampling.time_grid(EDM, 3, "karras"))
+    assert 1.0 < sigma[1] < 10.0 / 1.2 and sigma[2] < 1.0
+    gamma = min(s_churn / 3, np.sqrt(2) - 1)
+    sigma_hat, sigma_next = (1 + gamma) * sigma[1], sigma[2]
+    k = lambda sig: S**2 / (S**2 + sig**2)  # noqa: E731
+    h = sigma_next - sigma_hat
+    slope = (1 - k(sigma_hat)) / sigma_hat  # d = slope (x^ - MU), line 7
+    gain = 1 + h * slope  # x_next - MU = gain (x^ - MU), line 8
+    if sampler == "heun":  # lines 9-11
+        gain = 1 + h / 2 * (slope + (1 - k(sigma_next)) / sigma_next * gain)
+    std = k(sigma_next) * gain * s_noise * np.sqrt(sigma_hat**2 - sigma[1] ** 2)
+    x = _from_one_point(EDM, 0.7, sampler=sampler, num_steps=3, spacing="karras",
+                        s_churn=s_churn, s_tmin=1.0, s_tmax=10.0, s_noise=s_noise)
+    assert x.std() == pytest.approx(std, rel=0.03)
+
+
+# ---------------------------------------------------------------------------------------------
 # The probability-flow ODE: exact limits and identities.
 
 

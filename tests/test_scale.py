@@ -1,6 +1,7 @@
 """Scale-out: gradient accumulation, FSDP, bf16, checkpoints across meshes, two processes."""
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -63,6 +64,33 @@ def test_bfloat16_compute_trains_with_float32_state(data_dir):
     config.training.compute_dtype = "float32"
     _, _, f32_losses = run_steps(config, 3)
     np.testing.assert_allclose(losses, f32_losses, rtol=0.02)  # bf16 has an 8-bit mantissa
+
+
+# A convolution or dot_general of the lowered program and its two operand types.
+_PRODUCT = re.compile(r"stablehlo\.(convolution|dot_general)\b.*?: \(tensor<(?:\d+x)*(\w+)>, "
+                      r"tensor<(?:\d+x)*(\w+)>\)")
+
+
+@pytest.mark.parametrize("compute_dtype, operand", [("bfloat16", "bf16"), ("float32", "f32")])
+def test_train_step_convolves_and_multiplies_in_the_compute_dtype_on_float32_state(
+        data_dir, compute_dtype, operand):
+    """Mixed precision: every convolution and matmul of the train step (forward and backward)
+    takes compute_dtype operands, while params, optimizer state and EMA stay float32. Read from
+    the lowered program, the one XLA is given (nothing is compiled)."""
+    config = tiny_config(data_dir, **{"training.compute_dtype": compute_dtype})
+    exp = Experiment(config)
+    state = exp.abstract_target()
+    lowered = exp.train_step_fn().lower(state, exp.global_batch(0))
+    products = _PRODUCT.findall(lowered.as_text())
+    kernels = [path for path, _ in jax.tree_util.tree_flatten_with_path(state.params)[0]
+               if path[-1].key == "kernel"]
+    # At least each kernel's forward product and its weight gradient.
+    assert len(kernels) > 40 and len(products) >= 2 * len(kernels)
+    assert {(lhs, rhs) for _, lhs, rhs in products} == {(operand, operand)}
+    new_state = lowered.out_info[0]
+    floats = jax.tree.leaves((new_state.params, new_state.ema, new_state.opt_state))
+    assert floats and all(x.dtype == np.float32 for x in floats
+                          if np.issubdtype(x.dtype, np.floating))
 
 
 @pytest.mark.parametrize("num_devices, shape", [(1, (-1, 1)), (4, (-1, 1)), (4, (1, 4))])

@@ -1,5 +1,7 @@
 """Noise schedules against closed forms and identities."""
 
+import math
+
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -28,9 +30,18 @@ def test_cosine_schedule_matches_iddpm_eq17():
     assert schedules.cosine_betas(T, s).max() == pytest.approx(0.999)
 
 
-def test_sigmoid_betas_are_increasing_within_range():
-    betas = schedules.sigmoid_betas(1000, 1e-4, 0.02)
-    assert np.all(np.diff(betas) > 0) and betas[0] > 1e-4 and betas[-1] < 0.02
+def test_sigmoid_betas_are_geodiffs():
+    """GeoDiff (Xu et al. 2022), get_beta_schedule('sigmoid') of its models/epsnet/diffusion.py:
+    beta_i = sigmoid(u_i) (beta_end - beta_start) + beta_start, u = linspace(-6, 6, T)."""
+    start, end = 1e-4, 0.02
+    for T in (5, 1000):
+        u = [-6.0 + 12.0 * i / (T - 1) for i in range(T)]
+        geodiff = [(end - start) / (1.0 + math.exp(-v)) + start for v in u]
+        np.testing.assert_allclose(schedules.sigmoid_betas(T, start, end), geodiff, rtol=1e-12)
+    # T = 5: u = -6, -3, 0, 3, 6; the middle beta is the midpoint of the range.
+    assert schedules.sigmoid_betas(5, start, end)[2] == pytest.approx((start + end) / 2)
+    registered = schedules.make_schedule("sigmoid")  # T = 1000, DDPM's range 1e-4 -> 0.02
+    np.testing.assert_allclose(registered.betas, geodiff, rtol=1e-12)
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -2,13 +2,14 @@
 
 import functools
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from diffjax.models import NetworkSpec, UNetOptions, count_params, make_network
-from diffjax.models.unet import UNet, check_unet_fits
+from diffjax.models.unet import NORM_EPS, NORM_GROUPS, AttnBlock, UNet, check_unet_fits
 from diffjax.options import from_mapping
 
 TINY = dict(ch=32, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(8,), dropout=0.1)
@@ -181,21 +182,85 @@ def test_validate_rejects_bad_values(overrides, image_shape, pattern):
         _check(overrides, image_shape)
 
 
-def test_adm_options_forward():
-    model = UNet(
-        out_channels=1,
-        **{**TINY, "ch": 64},
-        head_channels=32,
-        resblock_updown=True,
-        use_scale_shift_norm=True,
-    )
-    params = _random_params(model)
-    # Scale-shift norm: the time embedding gives 2 * channels (scale and shift).
-    assert params["down0_downsample"]["temb_proj"]["kernel"].shape == (256, 128)
-    assert "skip" not in params["down0_downsample"]  # Resampling ResBlock keeps channels.
-    assert params["mid_attn"]["q"]["kernel"].shape == (128, 128)
-    out = jax.jit(model.apply)({"params": params}, *_inputs())
-    assert out.shape == TINY_SHAPE and bool(jnp.all(jnp.isfinite(out)))
+def _param_count(**options) -> int:
+    model = UNet(out_channels=1, **{**TINY, "ch": 64}, **options)
+    x, t = jnp.zeros(TINY_SHAPE), jnp.zeros(TINY_SHAPE[:1])
+    return count_params(jax.eval_shape(model.init, jax.random.PRNGKey(0), x, t)["params"])
+
+
+def test_adm_options_add_the_parameters_of_adms_blocks():
+    """ADM (Dhariwal & Nichol 2021, Sec. 3), by hand for ch 64, ch_mult (1, 2), one block per
+    level, time embedding E = 4 ch = 256. use_scale_shift_norm: each ResBlock's embedding
+    projection gives 2C (scale and shift) instead of C, + (E + 1) C each. resblock_updown: each
+    resampling 3x3 conv (9C^2 + C) becomes a ResBlock(C -> C): two GroupNorms (2C each), two 3x3
+    convs (9C^2 + C each), the embedding projection ((E + 1) C, or 2x with scale-shift)."""
+    E = 256
+    res_channels = [64, 128, 128, 128, 128, 128, 64, 64]  # down0, down1, mid x2, up1 x2, up0 x2
+    resample_channels = [64, 128]  # down0_downsample, up1_upsample
+    base = _param_count()
+    assert _param_count(use_scale_shift_norm=True) - base == (E + 1) * sum(res_channels)
+    resblock = lambda c, k=1: 4 * c + 2 * (9 * c * c + c) + k * (E + 1) * c  # noqa: E731
+    assert _param_count(resblock_updown=True) - base == sum(
+        resblock(c) - (9 * c * c + c) for c in resample_channels)
+    assert _param_count(resblock_updown=True, use_scale_shift_norm=True) - base == sum(
+        (E + 1) * c for c in res_channels) + sum(
+        resblock(c, 2) - (9 * c * c + c) for c in resample_channels)
+    assert _param_count(head_channels=32) == base  # heads split channels, they add no params
+
+
+def test_head_channels_sets_the_heads_of_every_attention_block():
+    """ADM's num_head_channels: heads = C / head_channels (128 / 32 = 4 at the 8x8 level);
+    without it, num_heads."""
+    def heads(**options):
+        found = {}
+
+        def record(next_fun, args, kwargs, context):
+            if isinstance(context.module, AttnBlock) and context.method_name == "__call__":
+                found[context.module.name] = context.module.num_heads
+            return next_fun(*args, **kwargs)
+
+        model = UNet(out_channels=1, **{**TINY, "ch": 64}, **options)
+        with nn.intercept_methods(record):
+            jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros(TINY_SHAPE),
+                           jnp.zeros(TINY_SHAPE[:1]))
+        return found
+
+    names = {"down1_attn0", "mid_attn", "up1_attn0", "up1_attn1"}
+    assert heads(head_channels=32) == dict.fromkeys(names, 4)
+    assert heads(num_heads=2) == dict.fromkeys(names, 2)
+
+
+def test_attention_block_is_multi_head_softmax_attention_written_out():
+    """x + W_o concat_h softmax(q_h k_h^T / sqrt(d)) v_h, q, k, v = W GroupNorm(x) + b, with
+    d = C / heads (Vaswani et al. 2017, eq. 1; ADM's QKVAttention)."""
+    batch, size, channels, num_heads = 2, 4, 64, 4
+    x = np.random.default_rng(1).standard_normal((batch, size, size, channels)).astype(np.float32)
+    block = AttnBlock(num_heads)
+    shapes = jax.eval_shape(block.init, jax.random.PRNGKey(0), x)["params"]
+    rng = np.random.default_rng(2)
+    params = jax.tree.map(lambda s: (rng.standard_normal(s.shape) / 4).astype(np.float32),
+                          shapes)
+    out = np.asarray(block.apply({"params": params}, x), np.float64)
+
+    p = jax.tree.map(lambda a: np.asarray(a, np.float64), params)
+    groups = x.reshape(batch, size * size, NORM_GROUPS, channels // NORM_GROUPS).astype(
+        np.float64)
+    mean, var = groups.mean((1, 3), keepdims=True), groups.var((1, 3), keepdims=True)
+    h = ((groups - mean) / np.sqrt(var + NORM_EPS)).reshape(batch, size * size, channels)
+    h = h * p["norm"]["scale"] + p["norm"]["bias"]
+    q, k, v = (h @ p[n]["kernel"] + p[n]["bias"] for n in "qkv")
+    d = channels // num_heads
+    heads = []
+    for i in range(num_heads):
+        cut = slice(i * d, (i + 1) * d)
+        logits = q[..., cut] @ np.swapaxes(k[..., cut], 1, 2) / np.sqrt(d)
+        weights = np.exp(logits - logits.max(-1, keepdims=True))
+        heads.append(weights / weights.sum(-1, keepdims=True) @ v[..., cut])
+    expected = np.concatenate(heads, -1) @ p["out"]["kernel"] + p["out"]["bias"]
+    expected = x + expected.reshape(x.shape)
+    np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-4)
+    one_head = np.asarray(AttnBlock(1).apply({"params": params}, x))
+    assert np.abs(one_head - expected).max() > 1e-2  # the head split matters
 
 
 def test_bfloat16_compute_keeps_float32_params_and_output():
