@@ -188,12 +188,13 @@ def test_launch_eval_writes_fid_kid_json_and_periodic_fid_during_training(data_d
         "--config.eval.num_seeds=2",
         "--config.eval.aggregate=mean",
         "--config.sampling.sampler=ddim",
+        "--config.sampling.spacing=karras",  # named in the file, as samples are (not overwritten)
         *TINY,
         *small_eval,
         data_dir=data_dir,
     )
     assert out.returncode == 0, out.stderr[-3000:]
-    path = os.path.join(workdir, "eval", "eval_step2_ddim3_n8_seeds0-1_mean.json")
+    path = os.path.join(workdir, "eval", "eval_step2_ddim3_karras_n8_seeds0-1_mean.json")
     with open(path) as f:
         result = json.load(f)
     assert result["step"] == 2 and result["nfe"] == 3 and result["num_samples"] == 8

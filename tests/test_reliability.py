@@ -209,6 +209,40 @@ def test_corrupt_latest_step_falls_back_to_the_previous_one(kind, tmp_path, caps
         _small_state(0.0))[1] == 2
 
 
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_a_step_with_one_non_finite_value_is_quarantined(bad, tmp_path, capsys):
+    """Its bytes are intact (the manifest verifies): one NaN/inf in params alone moves it to
+    corrupt/, and the previous step is restored."""
+    ckpt = checkpoint.Checkpointer(str(tmp_path / "checkpoints"), keep=3)
+    ckpt.save(1, _small_state(1.0))
+    poisoned = _small_state(2.0)
+    poisoned["params"]["w"] = poisoned["params"]["w"].at[17, 5].set(bad)
+    ckpt.save(2, poisoned)
+    ckpt.close()
+    assert checkpoint.verify_manifest(str(tmp_path / "checkpoints" / "2"))
+
+    ckpt = checkpoint.Checkpointer(str(tmp_path / "checkpoints"), keep=3)
+    state, step = ckpt.restore_latest(_small_state(0.0))
+    assert step == 1
+    np.testing.assert_array_equal(state["params"]["w"], np.full((64, 64), 1.0))
+    assert "checkpoint step 2" in capsys.readouterr().out
+    assert ckpt.steps() == [1]
+    (moved,) = os.listdir(tmp_path / "checkpoints" / checkpoint.CORRUPT_DIR)
+    assert moved.startswith("2-")
+    assert "non-finite" in (tmp_path / "checkpoints" / "corrupt" / moved / "REASON.txt"
+                            ).read_text()
+    w = _final_arrays_of(tmp_path / "checkpoints" / "corrupt" / moved)["params.w"]
+    assert not np.isfinite(w[17, 5]) and np.isfinite(np.delete(w.ravel(), 17 * 64 + 5)).all()
+
+
+def _final_arrays_of(step_dir):
+    """The arrays of one Orbax step directory, read without a target."""
+    handler = ocp.StandardCheckpointHandler()
+    restored = ocp.Checkpointer(handler).restore(os.path.join(str(step_dir), "default"))
+    return {checkpoint._path_name(p): np.asarray(x)
+            for p, x in jax.tree_util.tree_flatten_with_path(restored)[0]}
+
+
 def test_read_only_modes_do_not_move_corrupt_steps(tmp_path):
     ckpt = checkpoint.Checkpointer(str(tmp_path / "checkpoints"), keep=3)
     for step in (1, 2):

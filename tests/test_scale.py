@@ -138,15 +138,22 @@ def _popen(workdir, data_dir, *extra):
 
 
 def test_two_processes_of_4_devices_equal_one_process_of_8(data_dir, tmp_path):
+    """One mesh of 8 devices over 2 processes, each loading its half of the global batch: the
+    same losses and checkpointed arrays as one process of 8, up to float rounding."""
     port = _free_port()
     procs = [_popen(tmp_path / "two", data_dir, "--config.mesh.cpu_devices=4",
                     f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
                     f"--process_id={i}") for i in range(2)]
     single = _popen(tmp_path / "one", data_dir, "--config.mesh.cpu_devices=8")
+    outs = []
     for proc in (*procs, single):
         out, err = proc.communicate(timeout=900)
         assert proc.returncode == 0, err[-3000:]
-    assert "devices: 8" in out
+        outs.append(out)
+    # Process 0 logs for both: the two form one mesh of 8, not two runs of 4.
+    for out in (outs[0], outs[2]):
+        assert "devices: 8  global batch: 16" in out, out[-2000:]
+    assert "devices:" not in outs[1], outs[1][-2000:]
     from test_reliability import _final_arrays, _losses
 
     two, one = _final_arrays(tmp_path / "two", 3), _final_arrays(tmp_path / "one", 3)

@@ -21,6 +21,7 @@ from diffjax import restore, writers
 from diffjax.errors import ConfigError
 from diffjax.evaluation.evaluator import Evaluator
 from diffjax.experiment import Experiment
+from diffjax.modes.sample import sampling_tag
 from diffjax.settings import AGGREGATES
 
 
@@ -77,7 +78,7 @@ def evaluate_workdir(exp) -> dict:
         "sampling_config": exp.config.sampling.to_dict(),
     }
     name = (
-        f"eval_step{step}_{s.sampler}{s.num_steps}{restore.params_tag(s)}_n{ev.num_samples}_seeds"
+        f"eval_step{step}_{sampling_tag(exp)}_n{ev.num_samples}_seeds"
         f"{seeds[0]}-{seeds[-1]}_{ev.aggregate}.json"
     )
     path = os.path.join(exp.workdir, "eval", name)

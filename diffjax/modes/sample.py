@@ -14,10 +14,10 @@ from diffjax import restore, writers
 from diffjax.experiment import Experiment
 
 
-def run_name(exp, step: int, prefix: str = "samples") -> str:
-    """File stem naming the checkpoint step, the sampler and its steps (or the ODE solver and
-    tolerance), the spacing when not uniform, the guidance scale when not 1, a hash of the
-    prompts, and the seed."""
+def sampling_tag(exp) -> str:
+    """The sampler and its steps (or the ODE solver and tolerance), the spacing when not uniform,
+    the guidance scale when not 1, a hash of the prompts, and the params' choice: what makes
+    two sample sets (or evaluations) differ."""
     s, o = exp.sampling, exp.sampler_options
     method = f"ode_{o.solver}_rtol{o.rtol:g}" if s.sampler == "ode" else f"{s.sampler}{s.num_steps}"
     if s.sampler != "ode" and s.spacing != "uniform":
@@ -25,7 +25,12 @@ def run_name(exp, step: int, prefix: str = "samples") -> str:
     cfg = f"_cfg{s.guidance_scale:g}" if s.guidance_scale != 1.0 else ""
     if s.prompts:  # a short stable hash, so runs with other prompts keep their own files
         cfg += f"_prompts{zlib.crc32(json.dumps(list(s.prompts)).encode()):08x}"
-    return f"{prefix}_step{step}_{method}{cfg}{restore.params_tag(s)}_seed{s.seed}"
+    return f"{method}{cfg}{restore.params_tag(s)}"
+
+
+def run_name(exp, step: int, prefix: str = "samples") -> str:
+    """File stem naming the checkpoint step, sampling_tag(exp) and the seed."""
+    return f"{prefix}_step{step}_{sampling_tag(exp)}_seed{exp.sampling.seed}"
 
 
 def sample_workdir(exp) -> str:
