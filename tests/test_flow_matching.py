@@ -244,7 +244,7 @@ TINY_DIT = ["--config.model.name=dit", "--config.model.dit.depth=2",
 def test_flow_matching_unet_trains_on_the_velocity_mse(data_dir):
     """Two steps in-process: the loss is the velocity MSE, near E||eps - x0||^2 = 1 + E[x0^2]
     (about 1.8 on digits, mostly -1 background), not an eps-MSE near 1."""
-    from tests.conftest import run_steps, tiny_config
+    from conftest import run_steps, tiny_config
 
     config = tiny_config(data_dir, **{
         "objective.name": "flow_matching", "diffusion.schedule": "flow_linear",
@@ -259,7 +259,7 @@ def test_flow_matching_dit_trains_and_samples_through_launch(data_dir, tmp_path)
     import json
     import os
 
-    from tests.test_launch import TINY, launch
+    from test_launch import TINY, launch
 
     workdir = str(tmp_path / "dit")
     extra = TINY_DIT + ["--config.eval.every_steps=2", "--config.eval.train_num_samples=4",

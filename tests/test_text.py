@@ -5,6 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import tiny_config
 
 from diffjax.conditioning import make_conditioning
 from diffjax.conditioning.text import DIGIT_TEMPLATES, TextOptions, digit_caption
@@ -12,7 +13,6 @@ from diffjax.errors import ConfigError
 from diffjax.experiment import validate
 from diffjax.models import NetworkSpec, make_network
 from diffjax.models.text import BOS, CrossAttention, byte_tokens
-from tests.conftest import tiny_config
 
 SMALL_TEXT = TextOptions(width=16, depth=1, num_heads=2, context_length=32)
 
