@@ -161,9 +161,8 @@ class AutoencoderStage:
             return posterior.sample(mean, logvar, key)
 
         fn = jax.jit(moments, in_shardings=(repl, sharded, repl), out_shardings=sharded)
-        zs, batch = [], p.global_batch
-        for i, (start, (_, images)) in enumerate(zip(range(0, n, batch), p.ordered_batches(n))):
-            images = images.astype(np.float32) / 127.5 - 1.0
+        zs = []
+        for i, (start, _, images) in enumerate(p.ordered_batches(n)):
             key = jax.random.fold_in(jax.random.PRNGKey(0), i)
             z = parallel.to_host(fn(params, parallel.to_global(images, self.mesh), key))
             zs.append(z[:n - start].astype(np.float64))
@@ -213,8 +212,7 @@ class Reconstructions:
             self._fn = self.stage.reconstruct_fn()
         k = max(1, num_samples // 2)
         recon = np.concatenate([parallel.to_host(self._fn(params, parallel.to_global(
-            local.astype(np.float32) / 127.5 - 1.0, self.stage.mesh)))
-            for _, local in self.pipeline.ordered_batches(k)])[:k]
+            local, self.stage.mesh))) for _, _, local in self.pipeline.ordered_batches(k)])[:k]
         images, _ = self.pipeline.examples(np.arange(k) % self.pipeline.num_examples)
         pairs = np.stack([images, recon], axis=1)
         return pairs.reshape(2 * k, *images.shape[1:]), 0

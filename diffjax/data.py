@@ -238,12 +238,13 @@ class Pipeline:
 
     def ordered_batches(self, count: int):
         """In dataset order, the global batches covering examples 0..count-1 (the last one wraps
-        around to fill): yields (index [B] of the whole global batch, this process's uint8 slice
-        of it [B_local, H, W, C]), the slice `parallel.to_global` takes on every host."""
+        around to fill): yields (start, index [B] of the whole global batch, this process's slice
+        of it [B_local, H, W, C] float32 in [-1, 1]), the slice `parallel.to_global` takes on
+        every host."""
         for start in range(0, count, self.global_batch):
             index = np.arange(start, start + self.global_batch) % self.num_examples
             images, _ = self.examples(index[self.offset:self.offset + self.local_batch])
-            yield index, images
+            yield start, index, images.astype(np.float32) / 127.5 - 1.0
 
     def batch(self, step: int) -> dict[str, np.ndarray]:
         images, labels = self.examples(self.indices(step))

@@ -53,8 +53,7 @@ def encode_split(codec, pipeline, mesh) -> np.ndarray:
     n, batch = pipeline.num_examples, pipeline.global_batch
     flips = (False, True) if pipeline.random_flip else (False,)
     table = None
-    for start, (_, images) in zip(range(0, n, batch), pipeline.ordered_batches(n)):
-        images = images.astype(np.float32) / 127.5 - 1.0
+    for start, _, images in pipeline.ordered_batches(n):
         for f, flip in enumerate(flips):
             local = images[:, :, ::-1] if flip else images
             out = parallel.to_host(fn(codec.params, parallel.to_global(local, mesh)))

@@ -22,10 +22,10 @@ def evaluate_reconstructions(stage, params, step: int) -> dict:
     pipeline = stage.eval_pipeline
     n = pipeline.num_examples
     n = min(n, stage.options.eval_num_images or n)
-    fn, batch = stage.reconstruct_fn(), pipeline.global_batch
+    fn = stage.reconstruct_fn()
     originals, recons = [], []
-    for start, (index, local) in zip(range(0, n, batch), pipeline.ordered_batches(n)):
-        x = parallel.to_global(local.astype(np.float32) / 127.5 - 1.0, stage.mesh)
+    for start, index, local in pipeline.ordered_batches(n):
+        x = parallel.to_global(local, stage.mesh)
         recons.append(parallel.to_host(fn(params, x))[:n - start])
         originals.append(pipeline.examples(index[:n - start])[0])
     originals, recons = np.concatenate(originals), np.concatenate(recons)
