@@ -183,7 +183,7 @@ class Experiment:
                            self.training.compute_dtype, self.conditioning.text)
         self.network = _build(NETWORKS, *selected(config, NETWORKS), spec)
         ctx = ObjectiveContext(self.schedule, self.parameterization, self.network,
-                               self.conditioning)
+                               self.conditioning, self.training.num_steps)
         self.objective = _build(OBJECTIVES, *selected(config, OBJECTIVES), ctx)
         self.ema = _build(ema.EMAS, *selected(config, ema.EMAS))
         if self.network.out_channels != self.x_shape[-1]:
@@ -231,6 +231,9 @@ class Experiment:
         from diffjax.samplers import time_grid
 
         time_grid(self.schedule, self.grid.num_steps, self.grid.spacing, rho=self.grid.rho)
+        validate = getattr(self.sampler_options, "validate", None)
+        if validate is not None:  # a sampler's rules on the model it samples
+            validate(self.schedule, self.parameterization, self.grid.num_steps)
         kept = self.ema.keys()
         for decay in s.ema_decays:
             if decay != 0.0 and decay not in kept:

@@ -9,7 +9,11 @@ estimate as x0_hat = c_skip x_t + c_out F(c_in x_t, c_noise), where F is the net
        with the schedule;
   edm: F of the EDM preconditioning (Karras et al. 2022, Table 1) at the VE-equivalent noise level
        s = sigma / alpha acting on x_t / alpha, so it works on VP schedules too
-       (x_t / alpha = x0 + (sigma / alpha) eps).
+       (x_t / alpha = x0 + (sigma / alpha) eps);
+  consistency: a consistency model f(x, s) (Song et al. 2023, App. C): EDM's c_in, CM's
+       c_skip = sd^2 / ((s - s_min)^2 + sd^2) and c_out = sd (s - s_min) / sqrt(sd^2 + s^2), so
+       x0_hat = x_t exactly at the schedule's lowest level s_min (its t = 0); built with the
+       schedule. c_noise = 250 ln(s), the CM code's 1000 * 0.25 ln(sigma).
 c_noise, the scalar the network is conditioned on: EDM's ln(s) / 4 (Table 1) for edm; for the
 others the step index t T - 1 on discrete schedules (DDPM), 1000 t on continuous ones (score_sde).
 """
@@ -19,8 +23,10 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable, ClassVar
 
+import jax
 import jax.numpy as jnp
 
+from diffjax.core import consistency
 from diffjax.registry import Registry
 
 # Picked by config.diffusion.parameterization; sigma_data is config.diffusion.sigma_data.
@@ -259,7 +265,61 @@ class Velocity(Parameterization):
         return det**2 / jnp.asarray(alpha, jnp.float32) ** 2
 
 
-for _cls in (Eps, X0, V, EDM, Velocity):
+@dataclasses.dataclass(frozen=True)
+class Consistency(Parameterization):
+    """A consistency model's boundary-condition parameterization (see the module docstring).
+    x0_hat is the consistency function f(x_t, t); at t = 0 it is x_t exactly."""
+
+    name: ClassVar[str] = "consistency"
+    schedule: object = None
+
+    @property
+    def sigma_min(self) -> float:
+        """The VE-equivalent level at t = 0, as float32 computes it (so s - s_min is exactly 0
+        there)."""
+        if self.schedule is None:
+            raise ValueError("the consistency parameterization needs its schedule: "
+                             "make_parameterization('consistency', schedule=...)")
+        with jax.ensure_compile_time_eval():  # a constant, also while tracing
+            t0 = jnp.zeros((), jnp.float32)
+            return float(self.schedule.sigma(t0) / self.schedule.alpha(t0))
+
+    def c_in(self, alpha, sigma):
+        alpha, sigma = _f32(alpha, sigma)
+        return 1.0 / jnp.sqrt(sigma**2 + alpha**2 * self.sigma_data**2)
+
+    def c_noise(self, schedule, t):
+        alpha, sigma = _f32(schedule.alpha(t), schedule.sigma(t))
+        return 250.0 * jnp.log(sigma / alpha)
+
+    def _skip_out_ve(self, alpha, sigma):
+        alpha, sigma = _f32(alpha, sigma)
+        return consistency.skip_out(sigma / alpha, self.sigma_min, self.sigma_data)
+
+    def c_skip_out(self, alpha, sigma):
+        c_skip, c_out = self._skip_out_ve(alpha, sigma)
+        return c_skip / jnp.asarray(alpha, jnp.float32), c_out
+
+    def x0_eps(self, x_t, output, alpha, sigma):
+        c_skip, c_out = self._skip_out_ve(alpha, sigma)
+        x0 = bcast(c_skip, x_t) * x_t / bcast(alpha, x_t) + bcast(c_out, x_t) * output
+        return x0, eps_from_x0(x_t, x0, alpha, sigma)
+
+    def target(self, x0, eps, alpha, sigma):
+        """F = (x0 - c_skip x_t / alpha) / c_out, for denoising pre-training (not at s_min)."""
+        c_skip, c_out = self._skip_out_ve(alpha, sigma)
+        alpha, sigma = _f32(alpha, sigma)
+        x_ve = x0 + bcast(sigma / alpha, x0) * eps
+        return (x0 - bcast(c_skip, x0) * x_ve) / bcast(c_out, x0)
+
+    def error_scale(self, alpha, sigma):
+        """(sigma / alpha)^2 / c_out^2."""
+        _, c_out = self._skip_out_ve(alpha, sigma)
+        alpha, sigma = _f32(alpha, sigma)
+        return (sigma / alpha) ** 2 / c_out**2
+
+
+for _cls in (Eps, X0, V, EDM, Velocity, Consistency):
     PARAMETERIZATIONS.register(_cls.name)(_cls)
 
 

@@ -30,12 +30,14 @@ Apply = Callable
 @dataclasses.dataclass(frozen=True)
 class ObjectiveContext:
     """What the builder gives an objective: the schedule, the parameterization, the network (for
-    objectives that call it with other params, e.g. a teacher) and the conditioning."""
+    objectives that call it with other params, e.g. a teacher), the conditioning and the run's
+    training.num_steps (for curricula over the run; 0: unknown)."""
 
     schedule: Any
     parameterization: Any
     network: Any = None
     conditioning: Any = None
+    num_steps: int = 0
 
 
 class Objective:
@@ -81,4 +83,4 @@ def make_objective(name: str, options, ctx: ObjectiveContext) -> Objective:
     return entry.factory(options if options is not None else entry.default_options(), ctx)
 
 
-from diffjax.objectives import denoising, flow_matching  # noqa: E402,F401  (registers built-ins)
+from diffjax.objectives import consistency, denoising, flow_matching  # noqa: E402,F401  (registers built-ins)

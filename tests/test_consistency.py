@@ -1,0 +1,219 @@
+"""Consistency models: the boundary condition, iCT's loss pieces against the paper's formulas,
+learning the exact consistency function of Gaussian data, the multistep sampler, exact resume
+and the clear errors."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from conftest import tiny_config, train_run
+from scipy import stats
+
+from diffjax.core import consistency as cm
+from diffjax.core import schedules
+from diffjax.core.parameterizations import make_parameterization
+from diffjax.errors import ConfigError
+from diffjax.objectives import ObjectiveContext, make_objective
+from diffjax.objectives.consistency import ConsistencyTrainingOptions
+from diffjax.samplers import sample
+
+EDM = schedules.make_schedule("edm")
+CM = make_parameterization("consistency", 0.5, EDM)
+
+
+def ict_config(data_dir, **overrides):
+    return tiny_config(data_dir, **{"diffusion.schedule": "edm",
+                                    "diffusion.parameterization": "consistency",
+                                    "objective.name": "consistency_training",
+                                    "sampling.sampler": "consistency", **overrides})
+
+
+def test_a_consistency_model_is_exactly_the_identity_at_sigma_min():
+    """f(x, s_min) = x bit for bit, whatever the network outputs (here +-1e4)."""
+    x = jax.random.normal(jax.random.PRNGKey(0), (3, 4, 4, 2)) * 7.0
+    out = 1e4 * jax.random.normal(jax.random.PRNGKey(1), x.shape)
+    t0 = jnp.zeros((3,))
+    x0, _ = CM.x0_eps(x, out, EDM.alpha(t0), EDM.sigma(t0))
+    np.testing.assert_array_equal(np.asarray(x0), np.asarray(x))
+    vp = schedules.make_schedule("vp_cosine")
+    cm_vp = make_parameterization("consistency", 0.5, vp)
+    x0_vp, _ = cm_vp.x0_eps(x, out, vp.alpha(t0), vp.sigma(t0))
+    np.testing.assert_allclose(np.asarray(x0_vp), np.asarray(x / vp.alpha(0.0)), rtol=1e-6)
+    # and it is not the identity one level up
+    t1 = jnp.full((3,), 1e-3)
+    assert not np.allclose(CM.x0_eps(x, out, EDM.alpha(t1), EDM.sigma(t1))[0], x, atol=1e-2)
+
+
+def test_boundary_coefficients_are_song_et_al_appendix_c():
+    """c_skip = sd^2 / ((s - s_min)^2 + sd^2), c_out = sd (s - s_min) / sqrt(sd^2 + s^2), from
+    the paper, at s = 0.002 (1, 0), 0.5 and 80."""
+    s = np.array([0.002, 0.5, 80.0])
+    c_skip, c_out = cm.skip_out(s, 0.002, 0.5)
+    np.testing.assert_allclose(c_skip, [1.0, 0.25 / (0.498**2 + 0.25), 0.25 / (79.998**2 + 0.25)],
+                               rtol=1e-6)
+    np.testing.assert_allclose(c_out, [0.0, 0.5 * 0.498 / math.sqrt(0.5), 0.5 * 79.998
+                                       / math.sqrt(0.25 + 6400.0)], rtol=1e-6, atol=1e-9)
+
+
+def test_pseudo_huber_is_its_formula_and_its_two_limits():
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(2, 5, 3, 3, 1)), rng.normal(size=(2, 5, 3, 3, 1))
+    c = 0.03
+    expected = np.sqrt(((x - y) ** 2).reshape(2, -1).sum(1) + c**2) - c
+    np.testing.assert_allclose(cm.pseudo_huber(x, y, c), expected, rtol=1e-6)
+    small = np.full((1, 4), 1e-4)  # ||d||^2 / (2 c) when ||d|| << c
+    np.testing.assert_allclose(cm.pseudo_huber(small, 0 * small, c), 4e-8 / (2 * c), rtol=1e-3)
+    big = np.full((1, 4), 50.0)  # ||d|| - c when ||d|| >> c
+    np.testing.assert_allclose(cm.pseudo_huber(big, 0 * big, c), 100.0 - c, rtol=1e-6)
+    assert abs(cm.pseudo_huber_c(32 * 32 * 3) - 0.03) < 1e-3  # iCT: c = 0.03 on CIFAR-10
+
+
+def test_ict_curriculum_doubles_from_10_to_1280_in_eight_stages():
+    """iCT eq. 8 with K = 800: K' = floor(800 / (log2 128 + 1)) = 100, so N = 11, 21, 41, ...,
+    1281 on steps [0, 100), [100, 200), ..., and 1281 from step 700 on."""
+    steps = np.array([0, 99, 100, 250, 399, 400, 650, 700, 799, 5000])
+    got = [int(cm.num_scales(k, 800)) for k in steps]
+    assert got == [11, 11, 21, 41, 81, 161, 641, 1281, 1281, 1281]
+
+
+def test_lognormal_pair_probabilities_are_differences_of_the_normal_cdf_of_log_sigma():
+    """p(i) ~ Phi((ln s_{i+1} - m) / sd) - Phi((ln s_i - m) / sd) (iCT eq. 10), scipy's Phi,
+    on the 11-point EDM grid padded to 21 levels (the padding gets probability 0)."""
+    n, m, sd = 11, -1.1, 2.0
+    sigmas = np.asarray(cm.karras_levels(n, 21, 0.002, 80.0))
+    ramp = np.linspace(0, 1, n)
+    grid = (0.002 ** (1 / 7) + ramp * (80.0 ** (1 / 7) - 0.002 ** (1 / 7))) ** 7
+    np.testing.assert_allclose(sigmas[:n], grid, rtol=1e-5)
+    cdf = stats.norm.cdf((np.log(grid) - m) / sd)
+    expected = np.diff(cdf) / np.diff(cdf).sum()
+    probs = np.asarray(jax.nn.softmax(cm.lognormal_pair_logits(jnp.asarray(sigmas), n, m, sd)))
+    np.testing.assert_allclose(probs[: n - 1], expected, rtol=1e-4)
+    assert probs[n - 1:].sum() == 0.0
+
+
+class _Recorder:
+    """A denoiser whose consistency function is 0 everywhere (F = -c_skip x / c_out), recording
+    the (t, x_t) it is called with."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, x, t):
+        jax.debug.callback(lambda t, x: self.calls.append((np.asarray(t), np.asarray(x))), t, x)
+        alpha, sigma = EDM.alpha(t), EDM.sigma(t)
+        c_skip, c_out = CM.c_skip_out(alpha, sigma)
+        return -c_skip[:, None, None, None] * x / c_out[:, None, None, None]
+
+
+@pytest.mark.parametrize("num_steps,levels", [(1, [80.0]), (2, [80.0, 0.821]),
+                                              (4, [80.0, 17.53, 2.515, 0.1698])])
+def test_multistep_sampling_evaluates_at_the_papers_levels_and_adds_fresh_noise(num_steps, levels):
+    """Algorithm 1: f at s_max, then x = x0 + sqrt(s_k^2 - s_min^2) z at each intermediate level:
+    with f = 0, the k-th input has std sqrt(s_k^2 - s_min^2) and independent noise."""
+    rec = _Recorder()
+    noise = jax.random.normal(jax.random.PRNGKey(0), (256, 8, 8, 1))
+    x0, nfe = sample(rec, EDM, CM, noise, jax.random.PRNGKey(1), sampler="consistency",
+                     num_steps=num_steps)
+    jax.block_until_ready(x0)
+    assert nfe == num_steps and len(rec.calls) == num_steps
+    np.testing.assert_allclose(np.asarray(x0), 0.0, atol=1e-4)
+    for (t, x_t), s in zip(rec.calls, levels):
+        np.testing.assert_allclose(float(EDM.sigma(t[0])), s, rtol=2e-3)
+        np.testing.assert_allclose(x_t.std(), math.sqrt(s**2 - 0.002**2) if s < 80 else 80.0,
+                                   rtol=0.03)
+    if num_steps > 2:
+        a, b = rec.calls[1][1].ravel(), rec.calls[2][1].ravel()
+        assert abs(np.corrcoef(a, b)[0, 1]) < 0.05
+
+
+def test_consistency_training_learns_the_pf_ode_map_of_gaussian_data():
+    """x0 ~ N(0, c^2 I): the PF-ODE carries x_s to x_{s_min} = x_s sqrt(c^2 + s_min^2) /
+    sqrt(c^2 + s^2), the exact consistency function. A model F = g(c_noise) c_in x with g a small
+    MLP, trained by consistency_training (iCT's loss, curriculum and level distribution) for 300
+    Adam steps, more than halves its mean squared distance to that map over the levels."""
+    c, dim = 0.5, (4, 4, 1)
+    ctx = ObjectiveContext(EDM, CM, num_steps=300)
+    obj = make_objective("consistency_training", ConsistencyTrainingOptions(), ctx)
+    layers = [(1, 32), (32, 32), (32, 1)]
+    keys = jax.random.split(jax.random.PRNGKey(0), len(layers))
+    params = [{"w": jax.random.normal(k, s) / math.sqrt(s[0]), "b": jnp.zeros(s[1])}
+              for k, s in zip(keys, layers)]
+    params[-1] = jax.tree.map(jnp.zeros_like, params[-1])
+
+    def apply(p, x_in, c_noise, cond):
+        h = (c_noise / 1000.0)[:, None]
+        for layer in p[:-1]:
+            h = jax.nn.silu(h @ layer["w"] + layer["b"])
+        g = (h @ p[-1]["w"] + p[-1]["b"])[:, 0]
+        return g[:, None, None, None] * x_in
+
+    ts = jnp.linspace(0.05, 1.0, 24)
+    x_eval = c * jax.random.normal(jax.random.PRNGKey(9), (24, 512, *dim))
+    z_eval = jax.random.normal(jax.random.PRNGKey(8), x_eval.shape)
+
+    def distance(p):
+        def one(t, x, z):
+            tb = jnp.full((x.shape[0],), t)
+            s = EDM.sigma(t)
+            x_t = x + s * z
+            f = obj.consistency_fn(p, apply, {}, x_t, tb)
+            exact = x_t * math.sqrt(c**2 + 0.002**2) / jnp.sqrt(c**2 + s**2)
+            return jnp.mean((f - exact) ** 2)
+
+        return jnp.mean(jax.vmap(one)(ts, x_eval, z_eval))
+
+    tx = optax.adam(3e-3)
+    opt = tx.init(params)
+
+    @jax.jit
+    def step(params, opt, k):
+        rng = jax.random.fold_in(jax.random.PRNGKey(1), k)
+        x = c * jax.random.normal(jax.random.fold_in(rng, 0), (128, *dim))
+        inputs = obj.prepare(x, {}, jax.random.fold_in(rng, 1), k)
+        grads = jax.grad(lambda p: obj.loss({"network": p}, apply, inputs, {}, k)[0])(params)
+        updates, opt = tx.update(grads, opt, params)
+        return optax.apply_updates(params, updates), opt
+
+    before = float(distance(params))
+    for k in range(300):
+        params, opt = step(params, opt, k)
+    after = float(distance(params))
+    assert after < 0.5 * before, (before, after)
+
+
+def test_consistency_training_with_an_ema_target_resumes_bit_exactly(data_dir, tmp_path):
+    """4 steps straight == 2 steps, restart, 2 more, with CM's EMA target network as objective
+    state (so the state is checkpointed too)."""
+    config = ict_config(data_dir, **{"objective.consistency_training.target_ema": 0.9})
+    straight = train_run(config, str(tmp_path / "straight"))
+    config.training.num_steps = 2
+    train_run(config, str(tmp_path / "resumed"))
+    config.training.num_steps = 4
+    resumed = train_run(config, str(tmp_path / "resumed"))
+    assert int(resumed.step) == 4
+    target = jax.tree.leaves(resumed.objective.state)
+    assert target and not all(np.array_equal(a, b) for a, b in
+                              zip(target, jax.tree.leaves(resumed.params)))
+    for a, b in zip(jax.tree.leaves(straight), jax.tree.leaves(resumed)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_bad_consistency_settings_fail_clearly(data_dir):
+    from diffjax.experiment import Experiment
+
+    with pytest.raises(ConfigError, match="sampler='consistency' samples consistency models.*"
+                                          "parameterization is 'eps'"):
+        Experiment(tiny_config(data_dir, **{"sampling.sampler": "consistency"}))
+    with pytest.raises(ConfigError, match="parameterization must be 'consistency', not 'edm'"):
+        Experiment(ict_config(data_dir, **{"diffusion.parameterization": "edm",
+                                           "sampling.sampler": "heun"}))
+    with pytest.raises(ConfigError, match="needs a continuous schedule"):
+        Experiment(ict_config(data_dir, **{"diffusion.schedule": "linear"}))
+    with pytest.raises(ConfigError, match=r"sigmas=\(2.0, 1.0\) has 2 levels; config.sampling."
+                                          r"num_steps=2 needs 1"):
+        Experiment(ict_config(data_dir, **{"sampling.consistency.sigmas": (2.0, 1.0)}))
+    with pytest.raises(ConfigError, match="outside the schedule's levels"):
+        Experiment(ict_config(data_dir, **{"sampling.consistency.sigmas": (100.0,)}))
