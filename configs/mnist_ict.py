@@ -5,9 +5,9 @@ iCT's recipe: EDM levels 0.002 .. 80 (rho 7), the boundary-condition parameteriz
 Huber loss with c = 0.00054 sqrt(784) = 0.0151, lambda = 1 / (s_{i+1} - s_i), lognormal level
 pairs (P_mean -1.1, P_std 2.0), N(k) from 10 to 1280 over the run, no EMA teacher. What differs
 from the paper (CIFAR-10: NCSN++ 56M, batch 1024, RAdam 1e-4, 400k steps, dropout 0.3, EMA
-0.99993): the default config's 1.1M-param U-Net, batch 64, Adam 1e-3 with cosine decay, dropout
-0.1 and EMA 0.999 over this short run. The same network as configs/default.py, so the cost of
-the two is comparable: a step here is one forward pass more (the target).
+0.99993): the default config's U-Net (1,112,801 params), batch 64, Adam 1e-3 with cosine
+decay, dropout 0.1 and EMA 0.999 over this short run. The same network as configs/default.py,
+so the two costs compare: a step here is one forward pass more (the target).
 """
 
 from configs import default

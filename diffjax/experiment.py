@@ -183,7 +183,8 @@ class Experiment:
                            self.training.compute_dtype, self.conditioning.text)
         self.network = _build(NETWORKS, *selected(config, NETWORKS), spec)
         ctx = ObjectiveContext(self.schedule, self.parameterization, self.network,
-                               self.conditioning, self.training.num_steps)
+                               self.conditioning, self.training.num_steps, tuple(self.x_shape),
+                               self.load_run)
         self.objective = _build(OBJECTIVES, *selected(config, OBJECTIVES), ctx)
         self.ema = _build(ema.EMAS, *selected(config, ema.EMAS))
         if self.network.out_channels != self.x_shape[-1]:
@@ -195,6 +196,34 @@ class Experiment:
             raise ConfigError(f"config.model.name={config.model.name!r} takes "
                               f"{self.network.num_noise_inputs} noise inputs; the "
                               f"parameterization supplies one (c_noise)")
+
+    def load_run(self, workdir: str, key: str):
+        """The trained run in `workdir` as an objectives.Teacher, built from its config.json on
+        this run's devices, with its sampling params (default EMA, newest good checkpoint).
+        key: the config field that named it, for errors."""
+        import json
+
+        from diffjax import config_lib, restore
+        from diffjax.objectives import Teacher
+
+        path = os.path.abspath(workdir)
+        config_path = os.path.join(path, "config.json")
+        if not os.path.isfile(config_path):
+            raise ConfigError(f"config.{key}={workdir!r} is invalid: {config_path} does not "
+                              f"exist; name the workdir of a trained run of this codebase "
+                              f"(train it first: python launch.py --workdir {workdir})")
+        with open(config_path) as f:
+            saved = json.load(f)
+        run_config = config_lib.merge_saved(self.config, saved, set())
+        run_config.mesh = self.config.mesh
+        run = Experiment(run_config, load_data=False)  # on this run's devices
+        try:
+            params, step = restore.sampling_params(run, path)
+        except FileNotFoundError as e:
+            raise ConfigError(f"config.{key}={workdir!r} is invalid: {e}") from None
+        return Teacher(run.network, run.schedule, run.parameterization, params,
+                       tuple(run.x_shape), run.conditioning.num_classes, run.generator().clip,
+                       int(step), path)
 
     def _num_devices(self) -> int | None:
         """The devices the run uses: the mesh's, or without one the count the config names."""

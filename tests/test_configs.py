@@ -18,8 +18,10 @@ CONFIG_DIR = os.path.join(ROOT, "configs")
 # A latent recipe whose autoencoder is trained by its own first stage: it builds once
 # codec.vae.path names one (tests/test_latent.py trains both stages).
 NEEDS_AN_AUTOENCODER = ("mnist_latent.py",)
+# A distillation recipe builds once it names a trained teacher (tests/test_consistency.py).
+NEEDS_A_TEACHER = ("mnist_cd.py",)
 RECIPES = sorted(f for f in os.listdir(CONFIG_DIR) if f.endswith(".py")
-                 and f not in ("__init__.py", "base.py", *NEEDS_AN_AUTOENCODER))
+                 and f not in ("__init__.py", "base.py", *NEEDS_AN_AUTOENCODER, *NEEDS_A_TEACHER))
 PARAMS = re.compile(r"(\d{1,3}(?:,\d{3})+|\d+) params")
 
 
@@ -161,6 +163,15 @@ def test_the_latent_recipe_is_refused_until_it_names_an_autoencoder(tmp_path):
     config = _load("mnist_latent.py").get_config()
     config.data.data_dir = str(tmp_path)
     with pytest.raises(ConfigError, match="config.codec.vae.path='' is invalid"):
+        validate(config)
+
+
+def test_the_distillation_recipe_is_refused_until_it_names_a_teacher(tmp_path):
+    from diffjax.errors import ConfigError
+
+    config = _load("mnist_cd.py").get_config()
+    config.data.data_dir = str(tmp_path)
+    with pytest.raises(ConfigError, match="consistency_distillation.teacher='' is invalid"):
         validate(config)
 
 

@@ -217,3 +217,107 @@ def test_bad_consistency_settings_fail_clearly(data_dir):
         Experiment(ict_config(data_dir, **{"sampling.consistency.sigmas": (2.0, 1.0)}))
     with pytest.raises(ConfigError, match="outside the schedule's levels"):
         Experiment(ict_config(data_dir, **{"sampling.consistency.sigmas": (100.0,)}))
+
+
+def _gaussian_pf_ode(x, s_from, s_to, c):
+    return x * np.sqrt(c**2 + s_to**2) / np.sqrt(c**2 + s_from**2)
+
+
+def test_teacher_ode_steps_have_heun_and_euler_local_orders_on_the_exact_gaussian_pf_ode():
+    """D(x; s) = x c^2 / (c^2 + s^2) is the exact denoiser of N(0, c^2) data, whose PF-ODE maps
+    x at s to x sqrt(c^2 + s'^2) / sqrt(c^2 + s^2). One step from s = 1 to 1 - h has local error
+    O(h^3) for Heun and O(h^2) for Euler: halving h divides them by ~8 and ~4."""
+    c = 0.5
+    denoise = lambda v, s: v * c**2 / (c**2 + s[:, None, None, None] ** 2)  # noqa: E731
+
+    def err(solver, h):
+        x = jnp.ones((1, 1, 1, 1), jnp.float32)
+        got = float(cm.ode_step_ve(denoise, x, jnp.asarray([1.0]), jnp.asarray([1.0 - h]),
+                                   solver).ravel()[0])
+        return abs(got - _gaussian_pf_ode(1.0, 1.0, 1.0 - h, c))
+
+    heun = err("heun", 0.2) / err("heun", 0.1)
+    euler = err("euler", 0.2) / err("euler", 0.1)
+    assert 6.5 < heun < 9.5 and 3.3 < euler < 4.7, (heun, euler)
+    assert err("heun", 0.1) < 0.1 * err("euler", 0.1)
+
+
+class _ExactEpsNetwork:
+    """The exact eps of N(0, c^2) data on a continuous VP schedule: predict() reads t from
+    c_noise = 1000 t."""
+
+    out_channels = 1
+
+    def __init__(self, schedule, c):
+        self.schedule, self.c = schedule, c
+
+    def predict(self, params, x_t, c_noise, cond, train=False):
+        t = c_noise / 1000.0
+        a, s = self.schedule.alpha(t)[:, None, None, None], self.schedule.sigma(t)[:, None,
+                                                                                  None, None]
+        x0 = x_t * a * self.c**2 / (a**2 * self.c**2 + s**2)
+        return (x_t - a * x0) / s
+
+
+def test_the_distillation_target_is_a_teacher_heun_step_on_another_schedule():
+    """A VP (vp_linear, eps) teacher with the exact eps of Gaussian data, an EDM student:
+    x_hat_n from teacher_target_input is a float64 Heun step of the exact VE-form PF-ODE from
+    s_{n+1} to s_n (the student's schedule is VE, so x_t = x_ve)."""
+    from diffjax.objectives import Teacher
+    from diffjax.objectives.consistency_distillation import (
+        ConsistencyDistillation,
+        ConsistencyDistillationOptions,
+    )
+
+    c, vp = 0.5, schedules.make_schedule("vp_linear")
+    student_sched = schedules.make_schedule("edm", schedules.EDMSchedule(sigma_min=0.01))
+    teacher = Teacher(_ExactEpsNetwork(vp, c), vp, make_parameterization("eps"), {}, (4, 4, 1),
+                      0, None, 0, "stub")
+    obj = ConsistencyDistillation(student_sched,
+                                  make_parameterization("consistency", 0.5, student_sched),
+                                  None, ConsistencyDistillationOptions(teacher="stub"), teacher)
+    inputs = obj.prepare(c * jax.random.normal(jax.random.PRNGKey(0), (64, 4, 4, 1)), {},
+                         jax.random.PRNGKey(1), 0)
+    x_hat = obj.teacher_target_input({}, inputs["x"], {}, inputs["z"], inputs["t_cur"],
+                                     inputs["t_next"])
+    s_cur = np.asarray(obj.level(inputs["t_cur"]))[:, None, None, None]
+    s_next = np.asarray(obj.level(inputs["t_next"]))[:, None, None, None]
+    x_next = np.asarray(inputs["x"]) + s_next * np.asarray(inputs["z"])
+    d = lambda v, s: (v - v * c**2 / (c**2 + s**2)) / s  # noqa: E731  (exact, VE, float64)
+    euler = x_next + (s_cur - s_next) * d(x_next, s_next)
+    heun = x_next + (s_cur - s_next) * 0.5 * (d(x_next, s_next) + d(euler, s_cur))
+    assert len(np.unique(s_cur)) > 5
+    np.testing.assert_allclose(np.asarray(x_hat), heun, rtol=2e-4, atol=2e-5)
+
+
+def test_distillation_resumes_bit_exactly_and_refuses_a_bad_teacher(data_dir, tmp_path):
+    from diffjax.experiment import Experiment
+
+    teacher_dir = str(tmp_path / "teacher")
+    train_run(tiny_config(data_dir, **{"training.num_steps": 2}), teacher_dir)
+
+    def cd_config(**overrides):
+        return ict_config(data_dir, **{
+            "objective.name": "consistency_distillation",
+            "diffusion.edm.sigma_min": 0.01,
+            "objective.consistency_distillation.teacher": teacher_dir, **overrides})
+
+    config = cd_config()
+    straight = train_run(config, str(tmp_path / "straight"))
+    config.training.num_steps = 2
+    train_run(config, str(tmp_path / "resumed"))
+    config.training.num_steps = 4
+    resumed = train_run(config, str(tmp_path / "resumed"))
+    assert set(resumed.objective.state) == {"teacher", "target"}
+    for a, b in zip(jax.tree.leaves(straight), jax.tree.leaves(resumed)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+    with pytest.raises(ConfigError, match="teacher='/nowhere/run' is invalid: /nowhere/run/"
+                                          "config.json does not exist"):
+        Experiment(cd_config(**{"objective.consistency_distillation.teacher": "/nowhere/run"}))
+    with pytest.raises(ConfigError, match=r"the teacher makes x of shape \(16, 16, 1\), this "
+                                          r"run's x is \(8, 8, 1\)"):
+        Experiment(cd_config(**{"data.image_size": 8, "model.unet.attn_resolutions": (4,)}))
+    with pytest.raises(ConfigError, match=r"student's noise levels \[0.002, 80\] .* leave the "
+                                          r"teacher's \[0.01"):
+        Experiment(cd_config(**{"diffusion.edm.sigma_min": 0.002}))

@@ -79,3 +79,20 @@ def sampling_sigmas(num_steps: int, sigma_min: float, sigma_max: float,
     ramp = np.linspace(0.0, 1.0, num_steps + 1)[:-1]
     hi, lo = sigma_max ** (1.0 / rho), sigma_min ** (1.0 / rho)
     return (hi + ramp * (lo - hi)) ** rho
+
+
+ODE_SOLVERS = ("euler", "heun")
+
+
+def ode_step_ve(denoise, x, sigma, sigma_next, solver: str = "heun"):
+    """One step of the probability-flow ODE dx/ds = (x - D(x; s)) / s (EDM, eq. 3 with
+    sigma(t) = t) from level sigma to sigma_next > 0, in VE-equivalent coordinates: 'euler' (the
+    DDIM step) or 'heun' (EDM's second order, CD's teacher solver). denoise(x, s) -> x0_hat;
+    x: [B,H,W,C]; sigma, sigma_next: [B]. Returns [B,H,W,C]."""
+    col = lambda v: jnp.reshape(v, (-1,) + (1,) * (x.ndim - 1))  # noqa: E731
+    d = (x - denoise(x, sigma)) / col(sigma)
+    x_next = x + col(sigma_next - sigma) * d
+    if solver == "heun":
+        d_next = (x_next - denoise(x_next, sigma_next)) / col(sigma_next)
+        x_next = x + col(sigma_next - sigma) * 0.5 * (d + d_next)
+    return x_next

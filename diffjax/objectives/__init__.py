@@ -17,6 +17,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable
 
+import jax.numpy as jnp
+
+from diffjax.core.parameterizations import bcast
 from diffjax.registry import Registry
 
 OBJECTIVES = Registry("objective", "objective.name", "objective")
@@ -30,14 +33,51 @@ Apply = Callable
 @dataclasses.dataclass(frozen=True)
 class ObjectiveContext:
     """What the builder gives an objective: the schedule, the parameterization, the network (for
-    objectives that call it with other params, e.g. a teacher), the conditioning and the run's
-    training.num_steps (for curricula over the run; 0: unknown)."""
+    objectives that call it with other params, e.g. a teacher), the conditioning, the run's
+    training.num_steps (for curricula over the run; 0: unknown), the shape of x [H, W, C] and a
+    loader of other runs."""
 
     schedule: Any
     parameterization: Any
     network: Any = None
     conditioning: Any = None
     num_steps: int = 0
+    x_shape: tuple = ()
+    # load_run(workdir, key) -> Teacher: a trained run of this codebase (for distillation); key
+    # names the config field that gave workdir, for errors.
+    load_run: Callable | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Teacher:
+    """A trained run loaded for distillation: its network, schedule and parameterization, its
+    sampling params (EMA), the shape of its x, its class count, the clip bounds its sampling
+    uses (None: unclipped), its checkpoint step and its workdir."""
+
+    network: Any
+    schedule: Any
+    parameterization: Any
+    params: Any
+    x_shape: tuple
+    num_classes: int
+    clip: tuple | None
+    step: int
+    workdir: str
+
+    def denoise_ve(self, x_ve, sigma, cond):
+        """The teacher's D(x_ve; sigma) per example: x_ve [B,H,W,C] at VE-equivalent levels
+        sigma [B] -> x0_hat [B,H,W,C] float32 (eval mode, no dropout), clipped like sampling."""
+        sched, param = self.schedule, self.parameterization
+        t = jnp.clip(sched.t_from_logsnr(-2.0 * jnp.log(sigma)), 0.0, sched.t_max)
+        alpha, sig = sched.alpha(t), sched.sigma(t)
+        x_t = bcast(alpha, x_ve) * x_ve
+
+        def net(x_in, c_noise):
+            return self.network.predict(self.params, x_in, c_noise, cond)
+
+        out = param.network_output(net, x_t, t, sched)
+        x0 = param.x0_eps(x_t, out, alpha, sig)[0]
+        return jnp.clip(x0, *self.clip) if self.clip is not None else x0
 
 
 class Objective:
@@ -83,4 +123,5 @@ def make_objective(name: str, options, ctx: ObjectiveContext) -> Objective:
     return entry.factory(options if options is not None else entry.default_options(), ctx)
 
 
-from diffjax.objectives import consistency, denoising, flow_matching  # noqa: E402,F401  (registers built-ins)
+# registers the built-ins
+from diffjax.objectives import consistency, consistency_distillation, denoising, flow_matching  # noqa: E402,F401  # noqa: E402,F401
