@@ -1,0 +1,173 @@
+"""Few-step generation on the embedded digits: one shared teacher against the few-step methods.
+
+The teacher is configs/default.py (DDPM, eps, 1,600 steps of 64), trained once and counted once;
+every student gets at most 30 minutes on 2 CPU cores. Each model is scored by FID and KID of
+2,000 samples (one seed) against all 5,000 digits (cached Inception statistics): the students at
+1, 2 and 4 NFE with their own samplers, the teacher at 4, 10, 35 and 100 NFE with DPM-Solver++(2M)
+(and its own DDPM ancestral sampler at 100). FID at 2k samples is biased upward: compare only
+within this table.
+
+    python experiments/sweeps/mnist_few_step.py            # train + evaluate what is missing
+    python experiments/sweeps/mnist_few_step.py --table    # only rewrite the table
+    python experiments/sweeps/mnist_few_step.py --only ict,cd
+
+Finished trainings (final checkpoint committed) and evaluations (a matching eval JSON) are
+skipped, so the table grows run by run. Runs live in RUNS_DIR (runs/few_step); the table, the
+grids and the train times go to experiments/results/mnist_few_step/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+RUNS_DIR = os.path.join(ROOT, "runs", "few_step")
+OUT_DIR = os.path.join(ROOT, "experiments", "results", "mnist_few_step")
+NUM_SAMPLES = 2000
+
+# name -> (config file, overrides, what it is). '{teacher}' is the teacher's workdir.
+MODELS = {
+    "teacher": ("configs/default.py", {}, "DDPM teacher (eps, linear betas)"),
+    "ict": ("configs/mnist_ict.py", {}, "iCT consistency training (no teacher)"),
+    "cd": ("configs/mnist_cd.py",
+           {"objective.consistency_distillation.teacher": "{teacher}"},
+           "consistency distillation (Heun, N=18, mu=0.95)"),
+}
+# name -> [(sampler, num_steps)]: the evaluations, in the order they run.
+EVALS = {
+    "teacher": [("dpmpp_2m", 100), ("dpmpp_2m", 10), ("dpmpp_2m", 4), ("dpmpp_2m", 35),
+                ("ddpm", 100)],
+    "ict": [("consistency", 2), ("consistency", 1), ("consistency", 4)],
+    "cd": [("consistency", 2), ("consistency", 1), ("consistency", 4)],
+}
+ORDER = ("ict", "cd", "teacher")  # students first: the teacher is trained before either
+
+
+def workdir(name: str) -> str:
+    return os.path.join(RUNS_DIR, name)
+
+
+def _num_steps(name: str) -> int:
+    sys.path.insert(0, ROOT)
+    from diffjax import config_lib
+
+    config = config_lib.load_config_file(os.path.join(ROOT, MODELS[name][0]))
+    return int(config.training.num_steps)
+
+
+def is_trained(name: str) -> bool:
+    return os.path.isfile(os.path.join(workdir(name), "checkpoints", str(_num_steps(name)),
+                                       "diffjax_manifest.json"))
+
+
+def _flags(overrides: dict) -> list[str]:
+    return [f"--config.{k}={str(v).format(teacher=workdir('teacher'))}"
+            for k, v in overrides.items()]
+
+
+def _run(argv: list[str], log: str) -> float:
+    start = time.time()
+    with open(log, "a") as f:
+        code = subprocess.call(argv, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT)
+    if code:
+        raise SystemExit(f"{' '.join(argv)} failed ({code}); see {log}")
+    return time.time() - start
+
+
+def train(name: str) -> None:
+    config, overrides, _ = MODELS[name]
+    os.makedirs(RUNS_DIR, exist_ok=True)
+    seconds = _run([sys.executable, "launch.py", f"--config={config}",
+                    f"--workdir={workdir(name)}", *_flags(overrides)],
+                   os.path.join(RUNS_DIR, f"{name}.train.log"))
+    with open(os.path.join(workdir(name), "sweep_train_seconds.json"), "w") as f:
+        json.dump({"seconds": seconds}, f)
+
+
+def find_eval(name: str, sampler: str, num_steps: int) -> dict | None:
+    for path in sorted(glob.glob(os.path.join(workdir(name), "eval", "eval_step*.json"))):
+        with open(path) as f:
+            result = json.load(f)
+        if (result.get("sampler") == sampler and result.get("num_steps") == num_steps
+                and result.get("num_samples") == NUM_SAMPLES
+                and result.get("step") == _num_steps(name)):
+            return {**result, "path": path}
+    return None
+
+
+def evaluate(name: str, sampler: str, num_steps: int) -> None:
+    _run([sys.executable, "launch.py", f"--workdir={workdir(name)}", "--mode=eval",
+          f"--config.sampling.sampler={sampler}", f"--config.sampling.num_steps={num_steps}",
+          f"--config.eval.num_samples={NUM_SAMPLES}", "--config.eval.metrics=('fid','kid')",
+          "--config.data.split=train"],
+         os.path.join(RUNS_DIR, f"{name}.eval.log"))
+
+
+def train_seconds(name: str) -> float | None:
+    path = os.path.join(workdir(name), "sweep_train_seconds.json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)["seconds"]
+
+
+def table() -> str:
+    """The markdown table of every finished evaluation; copies their grids to OUT_DIR."""
+    os.makedirs(OUT_DIR, exist_ok=True)
+    lines = ["| model | sampler | NFE | FID (2k) | KID (2k) | train (2 cores) | grid |",
+             "|---|---|---|---|---|---|---|"]
+    for name in ("teacher", "ict", "cd"):
+        seconds = train_seconds(name)
+        cost = f"{seconds / 60:.1f} min" if seconds else "-"
+        for sampler, num_steps in sorted(EVALS[name], key=lambda e: (e[0] != "consistency",
+                                                                      e[1])):
+            result = find_eval(name, sampler, num_steps)
+            if result is None:
+                continue
+            grid = f"{name}_{sampler}{num_steps}.png"
+            shutil.copyfile(result["path"][:-len(".json")] + ".png", os.path.join(OUT_DIR, grid))
+            lines.append(f"| {MODELS[name][2]} | {sampler} | {result['nfe']} | "
+                         f"{result['fid']:.2f} | {result['kid_mean']:.4f} ± "
+                         f"{result['kid_std']:.4f} | {cost} | [grid]({grid}) |")
+    return "\n".join(lines) + "\n"
+
+
+def write_table() -> str:
+    text = table()
+    with open(os.path.join(OUT_DIR, "table.md"), "w") as f:
+        f.write(text)
+    return text
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--table", action="store_true", help="only rewrite the table")
+    parser.add_argument("--only", default="", help="comma-separated models (default: all)")
+    args = parser.parse_args(argv)
+    names = [n for n in args.only.split(",") if n] or list(ORDER)
+    unknown = [n for n in names if n not in MODELS]
+    if unknown:
+        parser.error(f"--only: unknown model {unknown[0]!r}; allowed: {', '.join(MODELS)}")
+    if not args.table:
+        if not is_trained("teacher"):
+            train("teacher")
+        for name in names:
+            if not is_trained(name):
+                train(name)
+            for sampler, num_steps in EVALS[name]:
+                if find_eval(name, sampler, num_steps) is None:
+                    evaluate(name, sampler, num_steps)
+                write_table()
+    print(write_table(), end="")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
