@@ -223,7 +223,7 @@ class Experiment:
             raise ConfigError(f"config.{key}={workdir!r} is invalid: {e}") from None
         return Teacher(run.network, run.schedule, run.parameterization, params,
                        tuple(run.x_shape), run.conditioning.num_classes, run.generator().clip,
-                       int(step), path)
+                       int(step), path, run_config)
 
     def _num_devices(self) -> int | None:
         """The devices the run uses: the mesh's, or without one the count the config names."""
@@ -260,6 +260,7 @@ class Experiment:
         from diffjax.samplers import time_grid
 
         time_grid(self.schedule, self.grid.num_steps, self.grid.spacing, rho=self.grid.rho)
+        self.objective.check_sampling(s.sampler, self.grid.num_steps, self.grid.spacing)
         validate = getattr(self.sampler_options, "validate", None)
         if validate is not None:  # a sampler's rules on the model it samples
             validate(self.schedule, self.parameterization, self.grid.num_steps)

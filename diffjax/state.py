@@ -37,7 +37,7 @@ def init_state(rng, network, tx, ema, objective) -> TrainState:
     """Fresh state: params from network.init, every EMA = params, step 0. The objective's groups
     and state come from keys folded from the init key, so the network's draw is unchanged."""
     rng, init_rng = jax.random.split(rng)
-    params = network.init(init_rng)
+    params = objective.initial_network_params(network.init(init_rng))
     group_params = objective.init_params(jax.random.fold_in(init_rng, 1), params)
     txs = objective.optimizers()
     missing = sorted(set(group_params) - set(txs))

@@ -52,7 +52,7 @@ class ObjectiveContext:
 class Teacher:
     """A trained run loaded for distillation: its network, schedule and parameterization, its
     sampling params (EMA), the shape of its x, its class count, the clip bounds its sampling
-    uses (None: unclipped), its checkpoint step and its workdir."""
+    uses (None: unclipped), its checkpoint step, its workdir and its config (a ConfigDict)."""
 
     network: Any
     schedule: Any
@@ -64,20 +64,26 @@ class Teacher:
     step: int
     workdir: str
 
-    def denoise_ve(self, x_ve, sigma, cond):
-        """The teacher's D(x_ve; sigma) per example: x_ve [B,H,W,C] at VE-equivalent levels
-        sigma [B] -> x0_hat [B,H,W,C] float32 (eval mode, no dropout), clipped like sampling."""
+    config: Any = None
+
+    def denoise(self, x_t, t, cond):
+        """The teacher's x0_hat [B,H,W,C] float32 of x_t [B,H,W,C] at its times t [B] (eval
+        mode, no dropout), clipped as its sampling clips."""
         sched, param = self.schedule, self.parameterization
-        t = jnp.clip(sched.t_from_logsnr(-2.0 * jnp.log(sigma)), 0.0, sched.t_max)
-        alpha, sig = sched.alpha(t), sched.sigma(t)
-        x_t = bcast(alpha, x_ve) * x_ve
 
         def net(x_in, c_noise):
             return self.network.predict(self.params, x_in, c_noise, cond)
 
         out = param.network_output(net, x_t, t, sched)
-        x0 = param.x0_eps(x_t, out, alpha, sig)[0]
+        x0 = param.x0_eps(x_t, out, sched.alpha(t), sched.sigma(t))[0]
         return jnp.clip(x0, *self.clip) if self.clip is not None else x0
+
+    def denoise_ve(self, x_ve, sigma, cond):
+        """The teacher's D(x_ve; sigma): x_ve [B,H,W,C] at VE-equivalent levels sigma [B] ->
+        x0_hat [B,H,W,C] (see denoise)."""
+        sched = self.schedule
+        t = jnp.clip(sched.t_from_logsnr(-2.0 * jnp.log(sigma)), 0.0, sched.t_max)
+        return self.denoise(bcast(sched.alpha(t), x_ve) * x_ve, t, cond)
 
 
 class Objective:
@@ -90,6 +96,14 @@ class Objective:
     def optimizers(self) -> dict:
         """{group name: optax.GradientTransformation} for every group of init_params."""
         return {}
+
+    def initial_network_params(self, network_params):
+        """The network's params at step 0 (e.g. a teacher's); default: network.init's."""
+        return network_params
+
+    def check_sampling(self, sampler: str, num_steps: int, spacing: str) -> None:
+        """Raises ConfigError for sampler settings the trained model cannot take (default:
+        any)."""
 
     def init_state(self, rng, network_params) -> Any:
         """Non-trained state (e.g. a target network); {}: none."""
@@ -124,4 +138,10 @@ def make_objective(name: str, options, ctx: ObjectiveContext) -> Objective:
 
 
 # registers the built-ins
-from diffjax.objectives import consistency, consistency_distillation, denoising, flow_matching  # noqa: E402,F401  # noqa: E402,F401
+from diffjax.objectives import (  # noqa: E402,F401
+    consistency,
+    consistency_distillation,
+    denoising,
+    flow_matching,
+    progressive_distillation,
+)

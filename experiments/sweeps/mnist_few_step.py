@@ -4,8 +4,9 @@ The teacher is configs/default.py (DDPM, eps, 1,600 steps of 64), trained once a
 every student gets at most 30 minutes on 2 CPU cores. Each model is scored by FID and KID of
 2,000 samples (one seed) against all 5,000 digits (cached Inception statistics): the students at
 1, 2 and 4 NFE with their own samplers, the teacher at 4, 10, 35 and 100 NFE with DPM-Solver++(2M)
-(and its own DDPM ancestral sampler at 100). FID at 2k samples is biased upward: compare only
-within this table.
+(and its own DDPM ancestral sampler at 100). Progressive distillation is one run per round
+(8 -> 4 -> 2 -> 1 DDIM steps, each round starting from the last), its three rounds together
+within the 30 minutes. FID at 2k samples is biased upward: compare only within this table.
 
     python experiments/sweeps/mnist_few_step.py            # train + evaluate what is missing
     python experiments/sweeps/mnist_few_step.py --table    # only rewrite the table
@@ -39,6 +40,18 @@ MODELS = {
     "cd": ("configs/mnist_cd.py",
            {"objective.consistency_distillation.teacher": "{teacher}"},
            "consistency distillation (Heun, N=18, mu=0.95)"),
+    # progressive distillation, one run per round: teacher DDIM-8 -> 4 -> 2 -> 1
+    "pd4": ("configs/mnist_pd.py",
+            {"objective.progressive_distillation.teacher": "{teacher}"},
+            "progressive distillation, round 1 (8 -> 4)"),
+    "pd2": ("configs/mnist_pd.py",
+            {"objective.progressive_distillation.teacher": "{pd4}",
+             "objective.progressive_distillation.student_steps": 2, "sampling.num_steps": 2},
+            "progressive distillation, round 2 (4 -> 2)"),
+    "pd1": ("configs/mnist_pd.py",
+            {"objective.progressive_distillation.teacher": "{pd2}",
+             "objective.progressive_distillation.student_steps": 1, "sampling.num_steps": 1},
+            "progressive distillation, round 3 (2 -> 1)"),
 }
 # name -> [(sampler, num_steps)]: the evaluations, in the order they run.
 EVALS = {
@@ -46,8 +59,9 @@ EVALS = {
                 ("ddpm", 100)],
     "ict": [("consistency", 2), ("consistency", 1), ("consistency", 4)],
     "cd": [("consistency", 2), ("consistency", 1), ("consistency", 4)],
+    "pd4": [("ddim", 4)], "pd2": [("ddim", 2)], "pd1": [("ddim", 1)],
 }
-ORDER = ("ict", "cd", "teacher")  # students first: the teacher is trained before either
+ORDER = ("ict", "cd", "pd4", "pd2", "pd1", "teacher")  # the teacher is trained before any
 
 
 def workdir(name: str) -> str:
@@ -59,7 +73,7 @@ def _num_steps(name: str) -> int:
     from diffjax import config_lib
 
     config = config_lib.load_config_file(os.path.join(ROOT, MODELS[name][0]))
-    return int(config.training.num_steps)
+    return int(MODELS[name][1].get("training.num_steps", config.training.num_steps))
 
 
 def is_trained(name: str) -> bool:
@@ -68,8 +82,8 @@ def is_trained(name: str) -> bool:
 
 
 def _flags(overrides: dict) -> list[str]:
-    return [f"--config.{k}={str(v).format(teacher=workdir('teacher'))}"
-            for k, v in overrides.items()]
+    dirs = {name: workdir(name) for name in MODELS}
+    return [f"--config.{k}={str(v).format(**dirs)}" for k, v in overrides.items()]
 
 
 def _run(argv: list[str], log: str) -> float:
@@ -103,8 +117,10 @@ def find_eval(name: str, sampler: str, num_steps: int) -> dict | None:
 
 
 def evaluate(name: str, sampler: str, num_steps: int) -> None:
+    spacing = ["--config.sampling.spacing=trailing"] if name.startswith("pd") else []
     _run([sys.executable, "launch.py", f"--workdir={workdir(name)}", "--mode=eval",
           f"--config.sampling.sampler={sampler}", f"--config.sampling.num_steps={num_steps}",
+          *spacing,
           f"--config.eval.num_samples={NUM_SAMPLES}", "--config.eval.metrics=('fid','kid')",
           "--config.data.split=train"],
          os.path.join(RUNS_DIR, f"{name}.eval.log"))
@@ -123,7 +139,7 @@ def table() -> str:
     os.makedirs(OUT_DIR, exist_ok=True)
     lines = ["| model | sampler | NFE | FID (2k) | KID (2k) | train (2 cores) | grid |",
              "|---|---|---|---|---|---|---|"]
-    for name in ("teacher", "ict", "cd"):
+    for name in MODELS:
         seconds = train_seconds(name)
         cost = f"{seconds / 60:.1f} min" if seconds else "-"
         for sampler, num_steps in sorted(EVALS[name], key=lambda e: (e[0] != "consistency",
