@@ -19,7 +19,7 @@ CONFIG_DIR = os.path.join(ROOT, "configs")
 # codec.vae.path names one (tests/test_latent.py trains both stages).
 NEEDS_AN_AUTOENCODER = ("mnist_latent.py",)
 # A distillation recipe builds once it names a trained teacher (tests/test_consistency.py).
-NEEDS_A_TEACHER = ("mnist_cd.py",)
+NEEDS_A_TEACHER = ("mnist_cd.py", "mnist_pd.py")
 RECIPES = sorted(f for f in os.listdir(CONFIG_DIR) if f.endswith(".py")
                  and f not in ("__init__.py", "base.py", *NEEDS_AN_AUTOENCODER, *NEEDS_A_TEACHER))
 PARAMS = re.compile(r"(\d{1,3}(?:,\d{3})+|\d+) params")
@@ -166,12 +166,15 @@ def test_the_latent_recipe_is_refused_until_it_names_an_autoencoder(tmp_path):
         validate(config)
 
 
-def test_the_distillation_recipe_is_refused_until_it_names_a_teacher(tmp_path):
+@pytest.mark.parametrize("name,objective", [("mnist_cd.py", "consistency_distillation"),
+                                            ("mnist_pd.py", "progressive_distillation")])
+def test_the_distillation_recipes_are_refused_until_they_name_a_teacher(name, objective,
+                                                                        tmp_path):
     from diffjax.errors import ConfigError
 
-    config = _load("mnist_cd.py").get_config()
+    config = _load(name).get_config()
     config.data.data_dir = str(tmp_path)
-    with pytest.raises(ConfigError, match="consistency_distillation.teacher='' is invalid"):
+    with pytest.raises(ConfigError, match=f"{objective}.teacher='' is invalid"):
         validate(config)
 
 
