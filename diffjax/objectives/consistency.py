@@ -111,6 +111,13 @@ class ConsistencyBase(Objective):
         """x_t = alpha(t) (x0 + s(t) z): [B,H,W,C]."""
         return bcast(self.schedule.alpha(t), x0) * (x0 + bcast(self.level(t), x0) * z)
 
+    @property
+    def _range(self):
+        """(s_min, s_max): the levels at t = 0 and t = 1, as Python floats (also while tracing)."""
+        with jax.ensure_compile_time_eval():
+            s = self.level(jnp.asarray([0.0, 1.0], jnp.float32))
+            return float(s[0]), float(s[1])
+
     def t_of(self, sigma):
         """The time of VE-equivalent level sigma, clipped to [0, 1]: [B] float32."""
         return jnp.clip(self.schedule.t_from_logsnr(-2.0 * jnp.log(sigma)), 0.0, 1.0)
@@ -135,8 +142,8 @@ class ConsistencyBase(Objective):
         mu = self.options.target_ema
         if mu <= 0:
             return state
-        return {"target": jax.tree.map(lambda t, p: mu * t + (1 - mu) * p, state["target"],
-                                       params["network"])}
+        return {**state, "target": jax.tree.map(lambda t, p: mu * t + (1 - mu) * p,
+                                                state["target"], params["network"])}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,12 +152,6 @@ class ConsistencyTraining(ConsistencyBase):
 
     options: ConsistencyTrainingOptions = ConsistencyTrainingOptions()
     num_steps: int = 0
-
-    @property
-    def _range(self):
-        with jax.ensure_compile_time_eval():
-            s = self.level(jnp.asarray([0.0, 1.0], jnp.float32))
-            return float(s[0]), float(s[1])
 
     def num_scales(self, step):
         """N(k) at train step `step` (int32, may be traced)."""

@@ -61,9 +61,7 @@ class ConsistencyDistillation(ConsistencyBase):
 
     def levels(self):
         """The N-point EDM grid of the student's levels, increasing: [N] float32."""
-        with jax.ensure_compile_time_eval():
-            s = self.level(jnp.asarray([0.0, 1.0], jnp.float32))
-            s_min, s_max = float(s[0]), float(s[1])
+        s_min, s_max = self._range
         n = self.options.num_scales
         return cm.karras_levels(n, n, s_min, s_max, self.options.rho)
 
@@ -72,14 +70,6 @@ class ConsistencyDistillation(ConsistencyBase):
         if self.options.target_ema > 0:
             state["target"] = network_params
         return state
-
-    def after_update(self, state, params, step):
-        mu = self.options.target_ema
-        if mu <= 0:
-            return state
-        target = jax.tree.map(lambda t, p: mu * t + (1 - mu) * p, state["target"],
-                              params["network"])
-        return {**state, "target": target}
 
     def prepare(self, x, cond, rng, step):
         rng_n, rng_z = jax.random.split(rng)
@@ -104,9 +94,8 @@ class ConsistencyDistillation(ConsistencyBase):
                                       t_next)
         x_hat = jax.lax.stop_gradient(
             self.teacher_target_input(state["teacher"], x, cond, z, t_cur, t_next))
-        target_params = state["target"] if self.options.target_ema > 0 else params["network"]
-        target = jax.lax.stop_gradient(self.consistency_fn(target_params, apply, cond, x_hat,
-                                                           t_cur))
+        target = jax.lax.stop_gradient(self.consistency_fn(
+            self.target_params(params, state), apply, cond, x_hat, t_cur))
         return self.distance(student, target)
 
     def loss(self, params, apply, inputs, state, step):
