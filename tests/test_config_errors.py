@@ -31,8 +31,8 @@ BAD_CONFIGS = [
      "is unknown; allowed: simple"),
     (["--config.objective.denoising.time_sampling=beta"], "config.objective.denoising."
      "time_sampling='beta' is unknown; allowed: uniform, lognormal"),
-    (["--config.objective.name=gan"], "config.objective.name='gan' is unknown; allowed: "
-     "denoising"),
+    (["--config.objective.name=score"], "config.objective.name='score' is unknown; allowed: "
+     "consistency_training, consistency_distillation, denoising"),
     (["--config.sampling.sampler=heunn"], "config.sampling.sampler='heunn' is unknown; allowed: "
      "ddpm, ddim"),
     (["--config.sampling.sampler=heun", "--config.sampling.heun.s_churn=-1.0"],

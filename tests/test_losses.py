@@ -59,20 +59,23 @@ def test_error_scale_is_the_ratio_of_target_to_eps_errors(param):
                                P(param).error_scale(alpha, sigma) * mse(eps_hat, eps), rtol=2e-3)
 
 
-def _c_skip_out(param, alpha, sigma, sigma_data=0.5):
+def _c_skip_out(param, alpha, sigma, sigma_data=0.5, sigma_min=0.0):
     """Closed-form (c_skip, c_out) of x0_hat = c_skip x_t + c_out F (Karras et al. 2022, eq. 7):
     eps: 1/alpha, -sigma/alpha;  x0: 0, 1;  v: alpha, -sigma over alpha^2 + sigma^2;
     edm: Table 1's at s = sigma/alpha on x_t / alpha;  velocity (rates -1, 1): x0 = (x_t - sigma
-    v) / (alpha + sigma)."""
+    v) / (alpha + sigma);  consistency: Song et al. 2023 App. C's at s = sigma/alpha on x_t /
+    alpha, sd^2 / ((s - s_min)^2 + sd^2) and sd (s - s_min) / sqrt(sd^2 + s^2)."""
     a, s, sd = np.asarray(alpha, np.float64), np.asarray(sigma, np.float64), sigma_data
+    off = s / a - sigma_min
     return {"eps": (1 / a, -s / a), "x0": (0 * a, 1 + 0 * a),
+            "consistency": (sd**2 / (off**2 + sd**2) / a, sd * off / np.sqrt(sd**2 + (s / a)**2)),
             "v": (a / (a**2 + s**2), -s / (a**2 + s**2)),
             "edm": (sd**2 / ((s / a) ** 2 + sd**2) / a,
                     (s / a) * sd / np.sqrt((s / a) ** 2 + sd**2)),
             "velocity": (1 / (a + s), -s / (a + s))}[param]
 
 
-def _paper_x0_weight(weighting, param, alpha, sigma, gamma=5.0, sigma_data=0.5):
+def _paper_x0_weight(weighting, param, alpha, sigma, gamma=5.0, sigma_data=0.5, sigma_min=0.0):
     """Each weighting's weight on ||x0_hat - x0||^2 as its paper writes it (float64 [B]):
     simple: the unweighted MSE of the network's own target F = (x0 - c_skip x_t) / c_out
             (Ho et al. 2020 L_simple), i.e. 1 / c_out^2 on x0;
@@ -84,7 +87,7 @@ def _paper_x0_weight(weighting, param, alpha, sigma, gamma=5.0, sigma_data=0.5):
     a, s = np.asarray(alpha, np.float64), np.asarray(sigma, np.float64)
     snr, ve_sigma = a**2 / s**2, s / a
     if weighting == "simple":
-        return 1 / _c_skip_out(param, a, s, sigma_data)[1] ** 2
+        return 1 / _c_skip_out(param, a, s, sigma_data, sigma_min)[1] ** 2
     if weighting == "snr":
         return snr
     if weighting == "min_snr":
@@ -111,13 +114,14 @@ def test_weighted_loss_is_the_papers_weight_on_the_x0_error(param, weighting):
     sigma = np.asarray(schedule.sigma(t), np.float64)
     snr = alpha**2 / sigma**2
     assert snr.max() > 5.0 > snr.min()
-    c_skip, c_out = _c_skip_out(param, alpha, sigma)
+    s_min = float(schedule.sigma(0.0)) / float(schedule.alpha(0.0))
+    c_skip, c_out = _c_skip_out(param, alpha, sigma, sigma_min=s_min)
     b = lambda c: c[:, None, None, None]  # noqa: E731
     x0_64, eps_64 = np.asarray(x0, np.float64), np.asarray(eps, np.float64)
     x_t = b(alpha) * x0_64 + b(sigma) * eps_64
     x0_hat = b(c_skip) * x_t + b(c_out) * np.asarray(output, np.float64)
-    expected = _paper_x0_weight(weighting, param, alpha, sigma) * np.mean((x0_hat - x0_64) ** 2,
-                                                                           (1, 2, 3))
+    expected = (_paper_x0_weight(weighting, param, alpha, sigma, sigma_min=s_min)
+                * np.mean((x0_hat - x0_64) ** 2, (1, 2, 3)))
     np.testing.assert_allclose(loss, expected, rtol=2e-4)
 
 
@@ -210,9 +214,9 @@ def test_edm_lambda_is_one_over_c_out_squared():
 @pytest.mark.parametrize("param", NAMES)
 def test_training_feeds_the_network_through_network_output(param):
     """The denoising loss calls the network on c_in x_t (EDM's 1 / sqrt(sigma^2 + alpha^2 sd^2);
-    1 otherwise) and c_noise(t) (EDM's ln(sigma / alpha) / 4, else 1000 t on a continuous
-    schedule), exactly as the sampler's network_output does, with eps = normal(split(rng)[1])
-    and x_t = alpha x0 + sigma eps."""
+    1 otherwise; consistency uses EDM's) and c_noise(t) (EDM's ln(sigma / alpha) / 4, CM's 250
+    ln(sigma / alpha), else 1000 t on a continuous schedule), exactly as the sampler's
+    network_output does, with eps = normal(split(rng)[1]) and x_t = alpha x0 + sigma eps."""
     sched = schedules.make_schedule("vp_cosine")
     objective = Denoising(sched, P(param))
     x0 = jnp.asarray(np.random.default_rng(7).uniform(-1, 1, (4, 2, 2, 1)), jnp.float32)
@@ -230,9 +234,11 @@ def test_training_feeds_the_network_through_network_output(param):
     np.testing.assert_array_equal(inputs["eps"], eps)
     alpha, sigma = sched.alpha(t)[:, None, None, None], sched.sigma(t)[:, None, None, None]
     x_t = alpha * x0 + sigma * eps
-    scale = 1 / jnp.sqrt(sigma**2 + alpha**2 * 0.25) if param == "edm" else 1.0
+    preconditioned = param in ("edm", "consistency")
+    scale = 1 / jnp.sqrt(sigma**2 + alpha**2 * 0.25) if preconditioned else 1.0
     np.testing.assert_allclose(seen["input"], scale * x_t, rtol=1e-5, atol=1e-6)
-    c_noise = jnp.log(sigma[:, 0, 0, 0] / alpha[:, 0, 0, 0]) / 4 if param == "edm" else 1000.0 * t
+    log_s = jnp.log(sigma[:, 0, 0, 0] / alpha[:, 0, 0, 0])
+    c_noise = {"edm": log_s / 4, "consistency": 250 * log_s}.get(param, 1000.0 * t)
     np.testing.assert_allclose(seen["cond"], c_noise, rtol=1e-5, atol=1e-6)
     P(param).network_output(lambda x, c: apply(None, x, c, {}), x_t, t, sched)
     np.testing.assert_allclose(seen["input"], scale * x_t, rtol=1e-5, atol=1e-6)

@@ -28,8 +28,10 @@ def gaussian_denoiser(schedule, parameterization="eps", sigma_data=0.5):
         sigma = schedule.sigma(t)[:, None, None, None]
         x0 = MU + alpha * S**2 / (alpha**2 * S**2 + sigma**2) * (x_t - alpha * MU)
         eps = (x_t - alpha * x0) / sigma
-        return make_parameterization(parameterization, sigma_data, schedule).target(
+        target = make_parameterization(parameterization, sigma_data, schedule).target(
             x0, eps, alpha[:, 0, 0, 0], sigma[:, 0, 0, 0])
+        # The consistency parameterization's F is free at t = 0 (c_out = 0, x0_hat = x_t).
+        return jnp.where(jnp.isfinite(target), target, 0.0)
 
     return denoiser
 
