@@ -180,7 +180,8 @@ class Experiment:
                                   f"(config.conditioning.name='text')")
             self.conditioning = self.conditioning.with_prompts(self.sampling.prompts)
         spec = NetworkSpec(self.x_shape, self.conditioning.num_classes,
-                           self.training.compute_dtype, self.conditioning.text)
+                           self.training.compute_dtype, self.conditioning.text,
+                           self.parameterization.num_noise_inputs)
         self.network = _build(NETWORKS, *selected(config, NETWORKS), spec)
         ctx = ObjectiveContext(self.schedule, self.parameterization, self.network,
                                self.conditioning, self.training.num_steps, tuple(self.x_shape),
@@ -192,10 +193,13 @@ class Experiment:
                               f"{self.network.out_channels} channels, but x has "
                               f"{self.x_shape[-1]} (the shape of config.codec.name="
                               f"{config.codec.name!r}'s space)")
-        if self.network.num_noise_inputs != 1:
+        wanted = self.parameterization.num_noise_inputs
+        if self.network.num_noise_inputs != wanted:
             raise ConfigError(f"config.model.name={config.model.name!r} takes "
-                              f"{self.network.num_noise_inputs} noise inputs; the "
-                              f"parameterization supplies one (c_noise)")
+                              f"{self.network.num_noise_inputs} noise input(s); config.diffusion."
+                              f"parameterization={diffusion['parameterization']!r} supplies "
+                              f"{wanted} (c_noise): use a network that embeds {wanted} (unet, "
+                              f"dit)")
 
     def load_run(self, workdir: str, key: str):
         """The trained run in `workdir` as an objectives.Teacher, built from its config.json on

@@ -54,33 +54,34 @@ class Generator:
         self.last_nfe: float | int | None = None  # NFE per sample of the last sample()/iter_samples
 
     def model_fn(self, params):
-        """The conditional denoiser (x_t [B,H,W,C], t [B], cond) -> network output, through the
-        parameterization's network_output (its c_in and c_noise, shared with training).
+        """The conditional denoiser (x_t [B,H,W,C], t [B], cond, r=None) -> network output,
+        through the parameterization's network_output (its c_in and c_noise, shared with
+        training); r [B]: the end times of a two-time model (mean_velocity).
 
         params: one param tree, or a tuple/list of them: a checkpoint ensemble, whose denoiser is
         the mean of the members' network outputs. Every converter to x0/eps is affine in the
         output at fixed (x_t, t), so this averages their x0 (and eps, score) predictions too."""
         members = tuple(params) if isinstance(params, (tuple, list)) else (params,)
 
-        def model_fn(x_t, t, cond):
+        def model_fn(x_t, t, cond, r=None):
             outputs = []
             for member in members:
                 apply = lambda x, c, p=member: self.network.predict(  # noqa: E731
                     p, x, c, cond, train=False)
                 outputs.append(self.parameterization.network_output(apply, x_t, t,
-                                                                    self.schedule))
+                                                                    self.schedule, r=r))
             return outputs[0] if len(outputs) == 1 else sum(outputs) / len(outputs)
 
         return model_fn
 
     def denoiser(self, params, cond):
-        """The sampler's denoiser (x_t, t) -> output: the model with classifier-free guidance
-        (sampling.guidance_scale and interval) on `cond`, where the conditioning has a null
-        condition."""
+        """The sampler's denoiser (x_t, t, r=None) -> output: the model with classifier-free
+        guidance (sampling.guidance_scale and interval) on `cond`, where the conditioning has a
+        null condition."""
         s = self.sampling
         model_fn = self.model_fn(params)
         if not self.conditioning.supports_guidance:
-            return lambda x_t, t: model_fn(x_t, t, cond)
+            return lambda x_t, t, r=None: model_fn(x_t, t, cond, r=r)
         return guidance.classifier_free(model_fn, cond, self.conditioning.null(cond),
                                         s.guidance_scale, self.schedule, s.guidance_sigma_min,
                                         s.guidance_sigma_max, s.guidance_channels)

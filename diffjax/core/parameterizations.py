@@ -13,7 +13,12 @@ estimate as x0_hat = c_skip x_t + c_out F(c_in x_t, c_noise), where F is the net
   consistency: a consistency model f(x, s) (Song et al. 2023, App. C): EDM's c_in, CM's
        c_skip = sd^2 / ((s - s_min)^2 + sd^2) and c_out = sd (s - s_min) / sqrt(sd^2 + s^2), so
        x0_hat = x_t exactly at the schedule's lowest level s_min (its t = 0); built with the
-       schedule. c_noise = 250 ln(s), the CM code's 1000 * 0.25 ln(sigma).
+       schedule. c_noise = 250 ln(s), the CM code's 1000 * 0.25 ln(sigma);
+  mean_velocity: MeanFlow's average velocity u(x_t, r, t) = (x_t - x_r) / (t - r) over [r, t] of
+       the flow ODE (Geng et al. 2025), a network of two noise inputs (1000 t, 1000 (t - r)), the
+       paper's (t, t - r) conditioning. At r = t it is the instantaneous velocity, so every
+       velocity converter and sampler applies there; the end time r reaches the network only
+       through network_output(..., r=r) (the mean_flow sampler). Built with the schedule.
 c_noise, the scalar the network is conditioned on: EDM's ln(s) / 4 (Table 1) for edm; for the
 others the step index t T - 1 on discrete schedules (DDPM), 1000 t on continuous ones (score_sde).
 """
@@ -90,6 +95,7 @@ class Parameterization:
     """The base: eps, x0 and v feed the network x_t unscaled (c_in = 1)."""
 
     name: ClassVar[str] = ""
+    num_noise_inputs: ClassVar[int] = 1  # c_noise's arrays (2: a flow map's (t, t - r))
     sigma_data: float = 0.5
 
     def c_in(self, alpha, sigma):
@@ -120,12 +126,20 @@ class Parameterization:
         """||target_hat - target||^2 / ||eps_hat - eps||^2 at fixed x_t (a function of t): [B]."""
         raise NotImplementedError
 
-    def network_output(self, apply_fn: Callable, x_t, t, schedule):
+    def network_output(self, apply_fn: Callable, x_t, t, schedule, r=None):
         """Calls the network as training and sampling both must: input c_in x_t, conditioned on
         c_noise(t). apply_fn: (network input [B,H,W,C], c_noise [B]) -> [B,H,W,C].
-        x_t: [B,H,W,C]; t: [B] times. Returns the network output [B,H,W,C] float32."""
+        x_t: [B,H,W,C]; t: [B] times; r: [B] end times, only for two-time models (None: r = t).
+        Returns the network output [B,H,W,C] float32."""
         c_in = self.c_in(schedule.alpha(t), schedule.sigma(t))
-        return apply_fn(bcast(c_in, x_t) * x_t, self.c_noise(schedule, t)).astype(jnp.float32)
+        if r is None:
+            c_noise = self.c_noise(schedule, t)
+        elif self.num_noise_inputs == 2:
+            c_noise = self.c_noise(schedule, t, r)
+        else:
+            raise ValueError(f"the {self.name!r} parameterization takes one time; an end time r "
+                             f"needs a two-time model (mean_velocity)")
+        return apply_fn(bcast(c_in, x_t) * x_t, c_noise).astype(jnp.float32)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -319,7 +333,24 @@ class Consistency(Parameterization):
         return (sigma / alpha) ** 2 / c_out**2
 
 
-for _cls in (Eps, X0, V, EDM, Velocity, Consistency):
+@dataclasses.dataclass(frozen=True)
+class MeanVelocity(Velocity):
+    """MeanFlow's average velocity u(x_t, r, t) (see the module docstring); at r = t, the
+    velocity, with Velocity's converters."""
+
+    name: ClassVar[str] = "mean_velocity"
+    num_noise_inputs: ClassVar[int] = 2
+
+    def c_noise(self, schedule, t, r=None):
+        """(1000 t, 1000 (t - r)): a pair of [B] float32 (r = None: r = t, the velocity)."""
+        if schedule.is_discrete:
+            raise ValueError("the mean_velocity parameterization needs a continuous schedule")
+        t = jnp.asarray(t, jnp.float32)
+        r = t if r is None else jnp.broadcast_to(jnp.asarray(r, jnp.float32), t.shape)
+        return 1000.0 * t, 1000.0 * (t - r)
+
+
+for _cls in (Eps, X0, V, EDM, Velocity, Consistency, MeanVelocity):
     PARAMETERIZATIONS.register(_cls.name)(_cls)
 
 

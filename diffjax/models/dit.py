@@ -254,8 +254,12 @@ class DiT(nn.Module):
         return unpatchify(h.astype(jnp.float32), p, grid_h, grid_w)
 
     def _conditioning(self, noise_cond, labels, batch: int) -> jax.Array:
-        """c = t_embedder(noise_cond) + y_embedder(labels): [B, D]."""
-        c = TimestepEmbedder(self.hidden_size, self.dtype, name="t_embedder")(noise_cond, batch)
+        """c = t_embedder(noise_cond) + y_embedder(labels): [B, D]. A tuple of noise inputs
+        (MeanFlow's (t, t - r)) gets one embedder each (t_embedder, t_embedder1, ...), summed."""
+        inputs = noise_cond if isinstance(noise_cond, (tuple, list)) else (noise_cond,)
+        c = sum(TimestepEmbedder(self.hidden_size, self.dtype,
+                                 name="t_embedder" if k == 0 else f"t_embedder{k}")(value, batch)
+                for k, value in enumerate(inputs))
         if self.num_classes > 0:
             if labels is None:
                 labels = jnp.full((batch,), self.num_classes, jnp.int32)
@@ -365,5 +369,6 @@ def build_dit(options: DiTOptions, spec: NetworkSpec) -> LinenNetwork:
     return LinenNetwork(module=module, x_shape=tuple(spec.x_shape), out_channels=channels,
                         extra_outputs=(("variance", channels),) if options.learn_sigma else (),
                         num_fixed_scalars=num_patches * hidden,
+                        num_noise_inputs=spec.num_noise_inputs,
                         **({} if spec.text is None else
                            {"cond_key": None, "init_cond": text_init_cond(spec.text)}))

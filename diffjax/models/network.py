@@ -25,13 +25,15 @@ import jax.numpy as jnp
 @dataclasses.dataclass(frozen=True)
 class NetworkSpec:
     """What the builder tells a network factory: the shape of x (the codec's space), how many
-    classes the conditioning feeds as cond['label'] (0: none), the compute dtype, and the text
-    encoder's spec where the conditioning feeds cond['tokens'] and cond['mask'] [B, L]."""
+    classes the conditioning feeds as cond['label'] (0: none), the compute dtype, the text
+    encoder's spec where the conditioning feeds cond['tokens'] and cond['mask'] [B, L], and how
+    many noise inputs the parameterization conditions on."""
 
     x_shape: tuple[int, int, int]
     num_classes: int = 0
     compute_dtype: str = "float32"
     text: Any = None  # a models.text.TextSpec when cond carries text tokens (cross-attention)
+    num_noise_inputs: int = 1  # the parameterization's c_noise arrays (2: MeanFlow's (t, t - r))
 
 
 class Network:

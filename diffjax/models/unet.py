@@ -212,13 +212,19 @@ class UNet(nn.Module):
 
     def _embedding(self, noise_cond, labels, batch: int) -> jax.Array:
         """Time embedding (DDPM App. B): sinusoid(ch) -> Dense(4ch) -> swish -> Dense(4ch),
-        plus the class embedding (num_classes + 1 rows, the last the null label). [B, 4 ch]."""
-        noise_cond = jnp.broadcast_to(jnp.asarray(noise_cond, jnp.float32), (batch,))
+        plus the class embedding (num_classes + 1 rows, the last the null label). [B, 4 ch].
+        A tuple of noise inputs (MeanFlow's (t, t - r)) gets one such embedding each (the k-th
+        named temb{k}_dense*), summed, as MeanFlow's networks embed t and t - r."""
+        inputs = noise_cond if isinstance(noise_cond, (tuple, list)) else (noise_cond,)
         temb_dim = 4 * self.ch
         dense = dict(dtype=self.dtype, param_dtype=jnp.float32)
-        temb = sinusoidal_embedding(noise_cond, self.ch)
-        temb = nn.Dense(temb_dim, name="temb_dense0", **dense)(temb)
-        temb = nn.Dense(temb_dim, name="temb_dense1", **dense)(nn.swish(temb))
+        temb = 0.0
+        for k, value in enumerate(inputs):
+            prefix = "temb" if k == 0 else f"temb{k}"
+            value = jnp.broadcast_to(jnp.asarray(value, jnp.float32), (batch,))
+            h = nn.Dense(temb_dim, name=f"{prefix}_dense0", **dense)(
+                sinusoidal_embedding(value, self.ch))
+            temb = temb + nn.Dense(temb_dim, name=f"{prefix}_dense1", **dense)(nn.swish(h))
         if self.num_classes > 0:
             if labels is None:
                 labels = jnp.full((batch,), self.num_classes, jnp.int32)
@@ -375,6 +381,7 @@ def build_unet(options: UNetOptions, spec: NetworkSpec) -> LinenNetwork:
     if spec.text is not None:  # the module takes the whole cond dict
         return LinenNetwork(module=module, x_shape=tuple(spec.x_shape),
                             out_channels=spec.x_shape[-1], cond_key=None,
-                            init_cond=text_init_cond(spec.text))
+                            init_cond=text_init_cond(spec.text),
+                            num_noise_inputs=spec.num_noise_inputs)
     return LinenNetwork(module=module, x_shape=tuple(spec.x_shape),
-                        out_channels=spec.x_shape[-1])
+                        out_channels=spec.x_shape[-1], num_noise_inputs=spec.num_noise_inputs)

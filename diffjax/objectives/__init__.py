@@ -143,5 +143,6 @@ from diffjax.objectives import (  # noqa: E402,F401
     consistency_distillation,
     denoising,
     flow_matching,
+    mean_flow,
     progressive_distillation,
 )

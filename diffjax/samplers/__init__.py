@@ -19,6 +19,7 @@ in SAMPLERS with its options dataclass (config.sampling.<name>):
   flow_heun  Heun steps of dx/dt = v(x, t)                               2K - 1
   flow_sde   SiT's SDE, Euler-Maruyama with a diffusion coefficient      K
   consistency multistep consistency sampling (consistency models only)   K
+  mean_flow  MeanFlow's z_r = z_t - (t - r) u (average-velocity models)  K
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ from diffjax.samplers.prediction import Denoiser, Prediction, initial_x
 from diffjax.samplers.registry import SAMPLERS
 
 # registers, in the table's order
-for _module in ("ancestral", "edm", "dpm_solver", "pc", "ode", "flow", "consistency"):
+for _module in ("ancestral", "edm", "dpm_solver", "pc", "ode", "flow", "consistency",
+                "mean_flow"):
     importlib.import_module(f"diffjax.samplers.{_module}")
 
 __all__ = ["Denoiser", "GridOptions", "Prediction", "SAMPLERS", "SPACINGS", "guidance",

@@ -9,16 +9,23 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-# A conditional denoiser: (x_t [B,H,W,C], t [B], cond) -> network output, where cond is the
-# conditioning plug-in's pytree of per-example arrays (e.g. {'label': [B] int32}).
+# A conditional denoiser: (x_t [B,H,W,C], t [B], cond[, r=]) -> network output, where cond is the
+# conditioning plug-in's pytree of per-example arrays (e.g. {'label': [B] int32}); r [B]: the end
+# times of a two-time model (mean_velocity), passed only when a sampler gives them.
 ConditionalDenoiser = Callable
+
+
+def _call(model_fn, x_t, t, cond, r):
+    """model_fn(x_t, t, cond), with the end time r of a two-time model when given."""
+    return model_fn(x_t, t, cond) if r is None else model_fn(x_t, t, cond, r=r)
 
 
 def classifier_free(model_fn: ConditionalDenoiser, cond, null_cond, guidance_scale: float,
                     schedule=None, sigma_lo: float = 0.0, sigma_hi: float = math.inf,
                     channels: int = 0) -> Callable:
-    """Returns denoiser(x_t, t) = uncond + w (cond - uncond) on the network output, where cond uses
-    `cond` and uncond `null_cond` (the conditioning plug-in's null condition, e.g. the null label).
+    """Returns denoiser(x_t, t, r=None) = uncond + w (cond - uncond) on the network output (r:
+    a two-time model's end times), where cond uses `cond` and uncond `null_cond` (the
+    conditioning plug-in's null condition, e.g. the null label).
     The converters to x0 and eps are affine in the output at fixed (x_t, t), so this is the same
     combination of x0_hat, eps_hat and the score.
 
@@ -30,18 +37,18 @@ def classifier_free(model_fn: ConditionalDenoiser, cond, null_cond, guidance_sca
     DiT's and SiT's released sampling code guides 3 of the 4 latent channels (forward_with_cfg)."""
     w = float(guidance_scale)
     if w == 1.0:
-        return lambda x_t, t: model_fn(x_t, t, cond)
+        return lambda x_t, t, r=None: _call(model_fn, x_t, t, cond, r)
     if w == 0.0:
-        return lambda x_t, t: model_fn(x_t, t, null_cond)
+        return lambda x_t, t, r=None: _call(model_fn, x_t, t, null_cond, r)
     interval = sigma_lo > 0.0 or sigma_hi < math.inf
     if interval and schedule is None:
         raise ValueError("a guidance interval needs the schedule to compute noise levels")
 
-    def denoiser(x_t, t):
-        conditional = model_fn(x_t, t, cond)
+    def denoiser(x_t, t, r=None):
+        conditional = _call(model_fn, x_t, t, cond, r)
 
         def guided():
-            unconditional = model_fn(x_t, t, null_cond)
+            unconditional = _call(model_fn, x_t, t, null_cond, r)
             out = unconditional + w * (conditional - unconditional)
             if channels:
                 out = jnp.concatenate([out[..., :channels], conditional[..., channels:]], -1)

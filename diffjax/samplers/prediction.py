@@ -12,6 +12,7 @@ from diffjax.core.parameterizations import Parameterization, make_parameterizati
 
 # A denoiser: (x_t [B, H, W, C], t [B] float32 times in [0, 1]) -> network output [B, H, W, C] in
 # the model's parameterization. Class labels, guidance and params are closed over; see guidance.py.
+# A two-time model's denoiser also takes the end times, denoiser(x_t, t, r=r [B]).
 Denoiser = Callable
 
 
@@ -43,6 +44,12 @@ class Prediction:
             x0 = jnp.clip(x0, *self.clip)
             eps = (x - alpha * x0) / sigma
         return x0, eps
+
+    def average_velocity(self, x, t, r):
+        """A two-time model's output at x [B,H,W,C], from time t to time r (scalars): MeanFlow's
+        u(x, r, t), [B,H,W,C] float32."""
+        full = lambda s: jnp.full((x.shape[0],), jnp.asarray(s, jnp.float32))  # noqa: E731
+        return self.denoiser(x, full(t), r=full(r)).astype(jnp.float32)
 
     def denoise_ve(self, x_ve, t):
         """EDM's D(x_ve; sigma_ve(t)): x_ve = x_t / alpha(t), t a scalar. Returns x0_hat."""

@@ -37,6 +37,7 @@ NUM_SAMPLES = 2000
 MODELS = {
     "teacher": ("configs/default.py", {}, "DDPM teacher (eps, linear betas)"),
     "ict": ("configs/mnist_ict.py", {}, "iCT consistency training (no teacher)"),
+    "meanflow": ("configs/mnist_meanflow.py", {}, "MeanFlow (no teacher; JVP target)"),
     "cd": ("configs/mnist_cd.py",
            {"objective.consistency_distillation.teacher": "{teacher}"},
            "consistency distillation (Heun, N=18, mu=0.95)"),
@@ -58,10 +59,11 @@ EVALS = {
     "teacher": [("dpmpp_2m", 100), ("dpmpp_2m", 10), ("dpmpp_2m", 4), ("dpmpp_2m", 35),
                 ("ddpm", 100)],
     "ict": [("consistency", 2), ("consistency", 1), ("consistency", 4)],
+    "meanflow": [("mean_flow", 1), ("mean_flow", 2), ("mean_flow", 4)],
     "cd": [("consistency", 2), ("consistency", 1), ("consistency", 4)],
     "pd4": [("ddim", 4)], "pd2": [("ddim", 2)], "pd1": [("ddim", 1)],
 }
-ORDER = ("ict", "cd", "pd4", "pd2", "pd1", "teacher")  # the teacher is trained before any
+ORDER = ("meanflow", "ict", "cd", "pd4", "pd2", "pd1", "teacher")  # the teacher is trained before any
 
 
 def workdir(name: str) -> str:
