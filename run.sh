@@ -37,6 +37,6 @@ case "$cmd" in
   setup) setup ;;
   train) setup; exec "$VENV/bin/python" launch.py --workdir "${WORKDIR:-runs/default}" "$@" ;;
   test)  setup_test; "$VENV/bin/ruff" check diffjax configs experiments tests launch.py
-         exec "$VENV/bin/python" -m pytest -q -rs tests "$@" ;;
+         exec "$VENV/bin/python" -m pytest -q -rs -n "${TEST_WORKERS:-2}" --dist loadfile tests "$@" ;;
   *) echo "usage: bash run.sh {train|test|setup} [args]" >&2; exit 2 ;;
 esac

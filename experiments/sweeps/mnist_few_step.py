@@ -63,7 +63,8 @@ EVALS = {
     "cd": [("consistency", 2), ("consistency", 1), ("consistency", 4)],
     "pd4": [("ddim", 4)], "pd2": [("ddim", 2)], "pd1": [("ddim", 1)],
 }
-ORDER = ("meanflow", "ict", "cd", "pd4", "pd2", "pd1", "teacher")  # the teacher is trained before any
+# the teacher is trained before any
+ORDER = ("meanflow", "ict", "cd", "pd4", "pd2", "pd1", "teacher")
 
 
 def workdir(name: str) -> str:
