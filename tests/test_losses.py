@@ -63,7 +63,7 @@ def _c_skip_out(param, alpha, sigma, sigma_data=0.5, sigma_min=0.0):
     """Closed-form (c_skip, c_out) of x0_hat = c_skip x_t + c_out F (Karras et al. 2022, eq. 7):
     eps: 1/alpha, -sigma/alpha;  x0: 0, 1;  v: alpha, -sigma over alpha^2 + sigma^2;
     edm: Table 1's at s = sigma/alpha on x_t / alpha;  velocity (rates -1, 1): x0 = (x_t - sigma
-    v) / (alpha + sigma);  consistency: Song et al. 2023 App. C's at s = sigma/alpha on x_t /
+    v) / (alpha + sigma), also mean_velocity's (its output at r = t);  consistency: Song et al. 2023 App. C's at s = sigma/alpha on x_t /
     alpha, sd^2 / ((s - s_min)^2 + sd^2) and sd (s - s_min) / sqrt(sd^2 + s^2)."""
     a, s, sd = np.asarray(alpha, np.float64), np.asarray(sigma, np.float64), sigma_data
     off = s / a - sigma_min
@@ -72,7 +72,8 @@ def _c_skip_out(param, alpha, sigma, sigma_data=0.5, sigma_min=0.0):
             "v": (a / (a**2 + s**2), -s / (a**2 + s**2)),
             "edm": (sd**2 / ((s / a) ** 2 + sd**2) / a,
                     (s / a) * sd / np.sqrt((s / a) ** 2 + sd**2)),
-            "velocity": (1 / (a + s), -s / (a + s))}[param]
+            "velocity": (1 / (a + s), -s / (a + s)),
+            "mean_velocity": (1 / (a + s), -s / (a + s))}[param]
 
 
 def _paper_x0_weight(weighting, param, alpha, sigma, gamma=5.0, sigma_data=0.5, sigma_min=0.0):
@@ -101,7 +102,8 @@ def test_weighted_loss_is_the_papers_weight_on_the_x0_error(param, weighting):
     """The denoising loss of a fixed network output F at t in {0.05, 0.15, 0.5, 0.9} (SNR from
     ~250 to ~0.025, both sides of gamma = 5) equals the paper's weight times ||x0_hat - x0||^2,
     with x0_hat = c_skip x_t + c_out F from the closed forms."""
-    schedule = schedules.make_schedule("flow_linear" if param == "velocity" else "vp_cosine")
+    flow = param in ("velocity", "mean_velocity")
+    schedule = schedules.make_schedule("flow_linear" if flow else "vp_cosine")
     options = DenoisingOptions(weighting=weighting, min_snr_gamma=5.0)
     objective = Denoising(schedule, make_parameterization(param, 0.5, schedule=schedule), options)
     rng = np.random.default_rng(10)
@@ -239,6 +241,8 @@ def test_training_feeds_the_network_through_network_output(param):
     np.testing.assert_allclose(seen["input"], scale * x_t, rtol=1e-5, atol=1e-6)
     log_s = jnp.log(sigma[:, 0, 0, 0] / alpha[:, 0, 0, 0])
     c_noise = {"edm": log_s / 4, "consistency": 250 * log_s}.get(param, 1000.0 * t)
+    if param == "mean_velocity":  # (1000 t, 1000 (t - r)) at r = t
+        c_noise = (1000.0 * t, jnp.zeros_like(t))
     np.testing.assert_allclose(seen["cond"], c_noise, rtol=1e-5, atol=1e-6)
     P(param).network_output(lambda x, c: apply(None, x, c, {}), x_t, t, sched)
     np.testing.assert_allclose(seen["input"], scale * x_t, rtol=1e-5, atol=1e-6)
