@@ -63,8 +63,9 @@ def _c_skip_out(param, alpha, sigma, sigma_data=0.5, sigma_min=0.0):
     """Closed-form (c_skip, c_out) of x0_hat = c_skip x_t + c_out F (Karras et al. 2022, eq. 7):
     eps: 1/alpha, -sigma/alpha;  x0: 0, 1;  v: alpha, -sigma over alpha^2 + sigma^2;
     edm: Table 1's at s = sigma/alpha on x_t / alpha;  velocity (rates -1, 1): x0 = (x_t - sigma
-    v) / (alpha + sigma), also mean_velocity's (its output at r = t);  consistency: Song et al. 2023 App. C's at s = sigma/alpha on x_t /
-    alpha, sd^2 / ((s - s_min)^2 + sd^2) and sd (s - s_min) / sqrt(sd^2 + s^2)."""
+    v) / (alpha + sigma), also mean_velocity's (its output at r = t);  consistency: Song et al.
+    2023 App. C's at s = sigma/alpha on x_t / alpha, sd^2 / ((s - s_min)^2 + sd^2) and
+    sd (s - s_min) / sqrt(sd^2 + s^2)."""
     a, s, sd = np.asarray(alpha, np.float64), np.asarray(sigma, np.float64), sigma_data
     off = s / a - sigma_min
     return {"eps": (1 / a, -s / a), "x0": (0 * a, 1 + 0 * a),
