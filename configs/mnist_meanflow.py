@@ -6,7 +6,8 @@ The paper's CIFAR-10 recipe: the linear flow path, (t, t - r) conditioning, both
 logit-normal(-2.0, 2.0), 75% of pairs with r != t, adaptive weight p = 0.75, c = 1e-3. What
 differs (CIFAR-10: a 55M U-Net, batch 1024, Adam 6e-4, 800k steps): the default config's U-Net
 with a second time embedding (1,133,537 params), batch 64, Adam 1e-3 with cosine decay, EMA
-0.999, and this short run. A step costs about two passes more than flow matching's (the JVP).
+0.999, and this short run. A step costs 1.48x a flow-matching step of the same network
+(--mode=benchmark: 1.20 s vs 0.81 s on 2 CPU cores).
 """
 
 from configs import default
