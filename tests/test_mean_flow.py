@@ -173,3 +173,25 @@ def test_bad_mean_flow_settings_fail_clearly(data_dir):
                                             "velocity", "sampling.sampler": "flow_euler"}))
     with pytest.raises(ConfigError, match="mean_flow' needs a continuous schedule"):
         Experiment(tiny_config(data_dir, **{**mf_config, "diffusion.schedule": "linear"}))
+
+
+def test_validation_uses_the_logit_normal_midpoint_quantiles_with_r_zero():
+    """The K fixed validation pairs: t_k = sigmoid(m + s Phi^-1((k + 1/2) / K)) (scipy's normal
+    quantiles), r = 0 (the one-step map); the losses are [K, B] and the same on every call."""
+    from scipy import special, stats
+
+    obj = make_objective("mean_flow", MeanFlowOptions(p_mean=-2.0, p_std=2.0),
+                         ObjectiveContext(FLOW, MV))
+    r, t = obj.validation_times(8)
+    q = (np.arange(8) + 0.5) / 8
+    np.testing.assert_allclose(t, special.expit(-2.0 + 2.0 * stats.norm.ppf(q)), rtol=1e-5)
+    np.testing.assert_array_equal(r, np.zeros(8))
+
+    def apply(p, x, c_noise, cond):
+        return 0.5 * x
+
+    x = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (3, 2, 2, 1)), jnp.float32)
+    losses = [obj.validation_losses({"network": None}, apply, x, {}, jax.random.PRNGKey(0), 8)
+              for _ in range(2)]
+    assert losses[0].shape == (8, 3) and bool(jnp.all(losses[0] > 0))
+    np.testing.assert_array_equal(losses[0], losses[1])

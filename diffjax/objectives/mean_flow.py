@@ -20,10 +20,9 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
-import numpy as np
-from scipy import special
 
 from diffjax.core import mean_flow as mf
+from diffjax.core import time_sampling
 from diffjax.core.parameterizations import bcast
 from diffjax.errors import ConfigError
 from diffjax.objectives import OBJECTIVES, Objective, ObjectiveContext
@@ -104,9 +103,8 @@ class MeanFlow(Objective):
         """K fixed (r, t): t the midpoint quantiles of the logit-normal, r = 0 (the one-step
         map). Two [K] float32."""
         o = self.options
-        q = (np.arange(num_levels) + 0.5) / num_levels
-        t = special.expit(o.p_mean + o.p_std * np.sqrt(2.0) * special.erfinv(2 * q - 1))
-        return jnp.zeros(num_levels, jnp.float32), jnp.asarray(t, jnp.float32)
+        t = time_sampling.flow_time_quantiles(num_levels, "logit_normal", o.p_mean, o.p_std)
+        return jnp.zeros(num_levels, jnp.float32), t
 
     def validation_losses(self, params, apply, x, cond, rng, num_levels: int, state=None):
         """||Delta||^2 of held-out x at the K fixed (r, t), noise normal(fold_in(rng, k)):
