@@ -27,9 +27,10 @@ def get_config() -> ml_collections.ConfigDict:
     # the forward process and the meaning of the network's output, shared by training and
     # sampling: schedule linear | cosine | sigmoid | vp_linear | vp_cosine | ve | edm, or the
     # flow-matching interpolants flow_linear | flow_gvp, each with its options in
-    # diffusion.<schedule>; parameterization eps | x0 | v | edm | velocity (flow matching's)
+    # diffusion.<schedule>; parameterization eps | x0 | v | edm | velocity (flow matching's) |
+    # consistency | mean_velocity | x0_latent (a GAN generator's, with a latent_dim-wide z)
     config.diffusion = plugins.section(plugins.KINDS["diffusion"], schedule="linear",
-                                       parameterization="eps", sigma_data=0.5)
+                                       parameterization="eps", sigma_data=0.5, latent_dim=100)
     # denoising (diffusion schedules) | flow_matching (interpolants), options in objective.<name>
     config.objective = plugins.section(plugins.KINDS["objective"], name="denoising")
     config.ema = plugins.section(plugins.KINDS["ema"], name="fixed")

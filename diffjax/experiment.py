@@ -19,7 +19,7 @@ from diffjax.options import OptionError, from_mapping
 from diffjax.registry import Registry
 from diffjax.samplers import SAMPLERS, GridOptions
 
-DIFFUSION_FIELDS = ("schedule", "parameterization", "sigma_data")
+DIFFUSION_FIELDS = ("schedule", "parameterization", "sigma_data", "latent_dim")
 DIGIT_DATASETS = ("mnist_embedded", "mnist")  # what the text conditioning's captions describe
 
 
@@ -163,12 +163,16 @@ class Experiment:
         if not diffusion["sigma_data"] > 0:
             raise ConfigError(f"config.diffusion.sigma_data={diffusion['sigma_data']!r} is "
                               f"invalid: must be > 0")
+        latent_dim = diffusion.get("latent_dim", 100)
+        if isinstance(latent_dim, bool) or not isinstance(latent_dim, int) or latent_dim < 1:
+            raise ConfigError(f"config.diffusion.latent_dim={latent_dim!r} is invalid: must be an "
+                              f"int >= 1 (the x0_latent parameterization's latent width)")
         schedule_name = diffusion["schedule"]
         self.schedule = _build(schedules.SCHEDULES, schedule_name,
                                part_options(config, schedules.SCHEDULES, schedule_name))
         self.parameterization = parameterizations.make_parameterization(
             parameterizations.PARAMETERIZATIONS.get(diffusion["parameterization"]).name,
-            float(diffusion["sigma_data"]), self.schedule)
+            float(diffusion["sigma_data"]), self.schedule, latent_dim)
         if self.conditioning.text is not None and self.data.name not in DIGIT_DATASETS:
             raise ConfigError(f"config.conditioning.name='text' captions digits (the embedded "
                               f"caption set), but config.data.name={self.data.name!r}; allowed: "
@@ -181,7 +185,8 @@ class Experiment:
             self.conditioning = self.conditioning.with_prompts(self.sampling.prompts)
         spec = NetworkSpec(self.x_shape, self.conditioning.num_classes,
                            self.training.compute_dtype, self.conditioning.text,
-                           self.parameterization.num_noise_inputs)
+                           self.parameterization.num_noise_inputs,
+                           getattr(self.parameterization, "latent_dim", 0))
         self.network = _build(NETWORKS, *selected(config, NETWORKS), spec)
         ctx = ObjectiveContext(self.schedule, self.parameterization, self.network,
                                self.conditioning, self.training.num_steps, tuple(self.x_shape),
@@ -200,6 +205,12 @@ class Experiment:
                               f"parameterization={diffusion['parameterization']!r} supplies "
                               f"{wanted} (c_noise): use a network that embeds {wanted} (unet, "
                               f"dit)")
+        wanted = getattr(self.parameterization, "latent_dim", 0)
+        if self.network.latent_dim != wanted:
+            raise ConfigError(f"config.model.name={config.model.name!r} embeds a latent of "
+                              f"{self.network.latent_dim} entries; config.diffusion."
+                              f"parameterization={diffusion['parameterization']!r} feeds "
+                              f"{wanted}: use a network that embeds it (unet, dit)")
 
     def load_run(self, workdir: str, key: str):
         """The trained run in `workdir` as an objectives.Teacher, built from its config.json on

@@ -56,7 +56,8 @@ class Generator:
     def model_fn(self, params):
         """The conditional denoiser (x_t [B,H,W,C], t [B], cond, r=None) -> network output,
         through the parameterization's network_output (its c_in and c_noise, shared with
-        training); r [B]: the end times of a two-time model (mean_velocity).
+        training); r: a two-input model's second input, the end times [B] of a two-time model
+        (mean_velocity) or the latent [B, D] of a GAN generator (x0_latent).
 
         params: one param tree, or a tuple/list of them: a checkpoint ensemble, whose denoiser is
         the mean of the members' network outputs. Every converter to x0/eps is affine in the

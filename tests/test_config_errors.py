@@ -32,7 +32,7 @@ BAD_CONFIGS = [
     (["--config.objective.denoising.time_sampling=beta"], "config.objective.denoising."
      "time_sampling='beta' is unknown; allowed: uniform, lognormal"),
     (["--config.objective.name=score"], "config.objective.name='score' is unknown; allowed: "
-     "consistency_training, consistency_distillation, denoising"),
+     "consistency_training, consistency_distillation, ddgan, denoising"),
     (["--config.sampling.sampler=heunn"], "config.sampling.sampler='heunn' is unknown; allowed: "
      "ddpm, ddim"),
     (["--config.sampling.sampler=heun", "--config.sampling.heun.s_churn=-1.0"],

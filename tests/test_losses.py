@@ -63,7 +63,8 @@ def _c_skip_out(param, alpha, sigma, sigma_data=0.5, sigma_min=0.0):
     """Closed-form (c_skip, c_out) of x0_hat = c_skip x_t + c_out F (Karras et al. 2022, eq. 7):
     eps: 1/alpha, -sigma/alpha;  x0: 0, 1;  v: alpha, -sigma over alpha^2 + sigma^2;
     edm: Table 1's at s = sigma/alpha on x_t / alpha;  velocity (rates -1, 1): x0 = (x_t - sigma
-    v) / (alpha + sigma), also mean_velocity's (its output at r = t);  consistency: Song et al.
+    v) / (alpha + sigma), also mean_velocity's (its output at r = t);  x0_latent: x0's;
+    consistency: Song et al.
     2023 App. C's at s = sigma/alpha on x_t / alpha, sd^2 / ((s - s_min)^2 + sd^2) and
     sd (s - s_min) / sqrt(sd^2 + s^2)."""
     a, s, sd = np.asarray(alpha, np.float64), np.asarray(sigma, np.float64), sigma_data
@@ -74,7 +75,8 @@ def _c_skip_out(param, alpha, sigma, sigma_data=0.5, sigma_min=0.0):
             "edm": (sd**2 / ((s / a) ** 2 + sd**2) / a,
                     (s / a) * sd / np.sqrt((s / a) ** 2 + sd**2)),
             "velocity": (1 / (a + s), -s / (a + s)),
-            "mean_velocity": (1 / (a + s), -s / (a + s))}[param]
+            "mean_velocity": (1 / (a + s), -s / (a + s)),
+            "x0_latent": (0 * a, 1 + 0 * a)}[param]
 
 
 def _paper_x0_weight(weighting, param, alpha, sigma, gamma=5.0, sigma_data=0.5, sigma_min=0.0):
@@ -244,7 +246,11 @@ def test_training_feeds_the_network_through_network_output(param):
     c_noise = {"edm": log_s / 4, "consistency": 250 * log_s}.get(param, 1000.0 * t)
     if param == "mean_velocity":  # (1000 t, 1000 (t - r)) at r = t
         c_noise = (1000.0 * t, jnp.zeros_like(t))
-    np.testing.assert_allclose(seen["cond"], c_noise, rtol=1e-5, atol=1e-6)
+    if param == "x0_latent":  # (c_noise(t), z), z = 0 without a latent
+        c_noise = (1000.0 * t, jnp.zeros((t.shape[0], 100)))
+    assert len(jax.tree.leaves(seen["cond"])) == len(jax.tree.leaves(c_noise))
+    for got, want in zip(jax.tree.leaves(seen["cond"]), jax.tree.leaves(c_noise)):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
     P(param).network_output(lambda x, c: apply(None, x, c, {}), x_t, t, sched)
     np.testing.assert_allclose(seen["input"], scale * x_t, rtol=1e-5, atol=1e-6)
 

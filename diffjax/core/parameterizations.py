@@ -19,6 +19,9 @@ estimate as x0_hat = c_skip x_t + c_out F(c_in x_t, c_noise), where F is the net
        paper's (t, t - r) conditioning. At r = t it is the instantaneous velocity, so every
        velocity converter and sampler applies there; the end time r reaches the network only
        through network_output(..., r=r) (the mean_flow sampler). Built with the schedule.
+  x0_latent: a GAN generator's x0 = G(x_t, z, t) (DDGAN, Xiao et al. 2022): x0 with a latent
+       z ~ N(0, I) [B, latent_dim] as the network's second noise input (network_output(..., r=z));
+       without one z = 0.
 c_noise, the scalar the network is conditioned on: EDM's ln(s) / 4 (Table 1) for edm; for the
 others the step index t T - 1 on discrete schedules (DDPM), 1000 t on continuous ones (score_sde).
 """
@@ -350,17 +353,43 @@ class MeanVelocity(Velocity):
         return 1000.0 * t, 1000.0 * (t - r)
 
 
-for _cls in (Eps, X0, V, EDM, Velocity, Consistency, MeanVelocity):
+@dataclasses.dataclass(frozen=True)
+class LatentX0(X0):
+    """x0 = G(x_t, z, t) of a GAN generator with a latent z [B, latent_dim] (see the module
+    docstring); X0's converters."""
+
+    name: ClassVar[str] = "x0_latent"
+    num_noise_inputs: ClassVar[int] = 2
+    latent_dim: int = 100  # DDGAN's nz
+
+    def c_noise(self, schedule, t, r=None):
+        """(X0's c_noise(t) [B], the latent z [B, latent_dim]); r: z (None: zeros)."""
+        c = jnp.atleast_1d(super().c_noise(schedule, t))
+        if r is None:
+            return c, jnp.zeros((c.shape[0], self.latent_dim), jnp.float32)
+        z = jnp.asarray(r, jnp.float32)
+        if z.ndim != 2 or z.shape[1] != self.latent_dim:
+            raise ValueError(f"the x0_latent parameterization's latent must be [B, "
+                             f"{self.latent_dim}], got {z.shape}")
+        return c, z
+
+
+for _cls in (Eps, X0, V, EDM, Velocity, Consistency, MeanVelocity, LatentX0):
     PARAMETERIZATIONS.register(_cls.name)(_cls)
 
 
 def make_parameterization(name: str | Parameterization, sigma_data: float = 0.5,
-                          schedule=None):
+                          schedule=None, latent_dim: int | None = None):
     """The parameterization registered as `name` (an object passes through); `schedule` is
-    given to those that need it (velocity)."""
+    given to those that need it (velocity), `latent_dim` to those with a latent (x0_latent;
+    None: its default)."""
     if isinstance(name, Parameterization):
         return name
     cls = PARAMETERIZATIONS.get(name).factory
-    if dataclasses.is_dataclass(cls) and "schedule" in {f.name for f in dataclasses.fields(cls)}:
-        return cls(sigma_data=sigma_data, schedule=schedule)
-    return cls(sigma_data=sigma_data)
+    fields = {f.name for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else ()
+    kwargs = {"sigma_data": sigma_data}
+    if "schedule" in fields:
+        kwargs["schedule"] = schedule
+    if "latent_dim" in fields and latent_dim is not None:
+        kwargs["latent_dim"] = int(latent_dim)
+    return cls(**kwargs)

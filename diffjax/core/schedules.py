@@ -388,3 +388,14 @@ def make_schedule(name: str, options=None) -> _Base:
     defaults). E.g. make_schedule('cosine', CosineOptions(num_timesteps=4000))."""
     entry = SCHEDULES.get(name)
     return entry.factory(options if options is not None else entry.default_options())
+
+
+def posterior(alpha_t, sigma_t, alpha_s, sigma_s):
+    """q(x_s | x_t, x0) for s < t (Kingma et al. 2021, VDM eq. 26-28, general alpha/sigma):
+    mean = c_xt x_t + c_x0 x0 and the variances 'small' (the true posterior variance) and
+    'large' (sigma_{t|s}^2, DDPM's beta_t). Returns (c_xt, c_x0, var_small, var_large)."""
+    alpha_ts = alpha_t / alpha_s
+    sigma2_ts = sigma_t**2 - alpha_ts**2 * sigma_s**2
+    c_xt = alpha_ts * sigma_s**2 / sigma_t**2
+    c_x0 = alpha_s * sigma2_ts / sigma_t**2
+    return c_xt, c_x0, sigma2_ts * sigma_s**2 / sigma_t**2, sigma2_ts

@@ -172,15 +172,19 @@ class FinalLayer(nn.Module):
 class TimestepEmbedder(nn.Module):
     """DiT's TimestepEmbedder: 256 sinusoidal frequencies of noise_cond (cat([cos, sin]),
     max_period 10000, as ADM's) -> Dense(D), SiLU, Dense(D); weights N(0, 0.02^2).
-    noise_cond: [B] (or a scalar) -> [B, D]."""
+    noise_cond: [B] (or a scalar) -> [B, D]; a latent [B, D_z] (DDGAN's z) skips the sinusoid."""
 
     hidden_size: int
     dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, noise_cond: jax.Array, batch: int) -> jax.Array:
-        noise_cond = jnp.broadcast_to(jnp.asarray(noise_cond, jnp.float32), (batch,))
-        freqs = sinusoidal_embedding(noise_cond, FREQUENCY_EMBEDDING_SIZE)
+        noise_cond = jnp.asarray(noise_cond, jnp.float32)
+        if noise_cond.ndim == 2:
+            freqs = noise_cond
+        else:
+            freqs = sinusoidal_embedding(jnp.broadcast_to(noise_cond, (batch,)),
+                                         FREQUENCY_EMBEDDING_SIZE)
         h = _dense(self.hidden_size, self.dtype, "mlp_0", _normal_002)(freqs)
         return _dense(self.hidden_size, self.dtype, "mlp_2", _normal_002)(nn.silu(h))
 
@@ -369,6 +373,6 @@ def build_dit(options: DiTOptions, spec: NetworkSpec) -> LinenNetwork:
     return LinenNetwork(module=module, x_shape=tuple(spec.x_shape), out_channels=channels,
                         extra_outputs=(("variance", channels),) if options.learn_sigma else (),
                         num_fixed_scalars=num_patches * hidden,
-                        num_noise_inputs=spec.num_noise_inputs,
+                        num_noise_inputs=spec.num_noise_inputs, latent_dim=spec.latent_dim,
                         **({} if spec.text is None else
                            {"cond_key": None, "init_cond": text_init_cond(spec.text)}))

@@ -17,6 +17,8 @@ import jax
 import jax.numpy as jnp
 from jax.extend import core as jex_core
 
+from diffjax.models.network import map_noise_shapes, noise_cond_shapes
+
 
 def _shape(var) -> tuple[int, ...]:
     return tuple(var.aval.shape)
@@ -103,9 +105,9 @@ def network_gflops(network, batch: int = 1, cond: dict | None = None) -> float:
     label, which costs no MACs)."""
     params = jax.eval_shape(network.init, jax.random.PRNGKey(0))
     x = jax.ShapeDtypeStruct((batch, *network.x_shape), jnp.float32)
-    noise = jax.ShapeDtypeStruct((batch,), jnp.float32)
-    if network.num_noise_inputs > 1:
-        noise = (noise,) * network.num_noise_inputs
+    noise = map_noise_shapes(lambda shape: jax.ShapeDtypeStruct(shape, jnp.float32),
+                             noise_cond_shapes(network.num_noise_inputs, network.latent_dim,
+                                               batch))
     macs = matmul_flops(lambda p, x, t, c: network.apply(p, x, t, c), params, x, noise,
                         cond or {})
     return macs / batch / 1e9

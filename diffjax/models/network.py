@@ -3,7 +3,8 @@
 A network maps (x [B,H,W,C] in the codec's space, noise conditioning, conditioning inputs, the
 train flag) to an output [B,H,W,out_channels + extra channels]:
 - noise_cond: [B] float32 (num_noise_inputs = 1), or a tuple of num_noise_inputs [B] arrays
-  (e.g. MeanFlow's (r, t)); the parameterization computes it (c_noise).
+  (e.g. MeanFlow's (t, t - r)) whose last may be a generator latent [B, latent_dim] (DDGAN's z,
+  latent_dim > 0); the parameterization computes it (c_noise).
 - cond: the conditioning plug-in's dict of per-example arrays, e.g. {'label': [B] int32}, or {}.
   Labels run over [0, num_classes]; num_classes is the null label of classifier-free guidance,
   a rule of the conditioning (see diffjax.conditioning), for which the network keeps a row.
@@ -27,13 +28,33 @@ class NetworkSpec:
     """What the builder tells a network factory: the shape of x (the codec's space), how many
     classes the conditioning feeds as cond['label'] (0: none), the compute dtype, the text
     encoder's spec where the conditioning feeds cond['tokens'] and cond['mask'] [B, L], and how
-    many noise inputs the parameterization conditions on."""
+    many noise inputs the parameterization conditions on (the last a latent vector [B, latent_dim]
+    where latent_dim > 0)."""
 
     x_shape: tuple[int, int, int]
     num_classes: int = 0
     compute_dtype: str = "float32"
     text: Any = None  # a models.text.TextSpec when cond carries text tokens (cross-attention)
     num_noise_inputs: int = 1  # the parameterization's c_noise arrays (2: MeanFlow's (t, t - r))
+    latent_dim: int = 0  # the width of a latent last noise input (DDGAN's z); 0: none
+
+
+def noise_cond_shapes(num_noise_inputs: int, latent_dim: int, batch: int):
+    """The shape of noise_cond: (batch,), or a tuple of num_noise_inputs shapes, the last
+    (batch, latent_dim) where latent_dim > 0."""
+    if num_noise_inputs == 1 and not latent_dim:
+        return (batch,)
+    shapes = [(batch,)] * num_noise_inputs
+    if latent_dim:
+        shapes[-1] = (batch, latent_dim)
+    return tuple(shapes)
+
+
+def map_noise_shapes(fn, shapes):
+    """fn applied to each shape of noise_cond_shapes' result, keeping its structure."""
+    if shapes and isinstance(shapes[0], tuple):
+        return tuple(fn(s) for s in shapes)
+    return fn(shapes)
 
 
 class Network:
@@ -43,6 +64,7 @@ class Network:
     out_channels: int
     extra_outputs: tuple[tuple[str, int], ...] = ()
     num_noise_inputs: int = 1
+    latent_dim: int = 0
     # Non-trained constants the network's paper counts as parameters (DiT's fixed position
     # embedding); they are not in params, so count_params(params) leaves them out.
     num_fixed_scalars: int = 0
@@ -82,6 +104,7 @@ class LinenNetwork(Network):
     out_channels: int
     extra_outputs: tuple[tuple[str, int], ...] = ()
     num_noise_inputs: int = 1
+    latent_dim: int = 0
     cond_key: str | None = "label"
     num_fixed_scalars: int = 0
     init_cond: Any = None  # the conditioning input init traces with (None: no conditioning)
@@ -91,9 +114,8 @@ class LinenNetwork(Network):
 
     def init(self, rng):
         dummy = jnp.zeros((1, *self.x_shape), jnp.float32)
-        noise = jnp.zeros((1,))
-        if self.num_noise_inputs > 1:
-            noise = (noise,) * self.num_noise_inputs
+        noise = map_noise_shapes(jnp.zeros, noise_cond_shapes(self.num_noise_inputs,
+                                                              self.latent_dim, 1))
         return self.module.init({"params": rng}, dummy, noise, self.init_cond,
                                 train=False)["params"]
 

@@ -214,16 +214,21 @@ class UNet(nn.Module):
         """Time embedding (DDPM App. B): sinusoid(ch) -> Dense(4ch) -> swish -> Dense(4ch),
         plus the class embedding (num_classes + 1 rows, the last the null label). [B, 4 ch].
         A tuple of noise inputs (MeanFlow's (t, t - r)) gets one such embedding each (the k-th
-        named temb{k}_dense*), summed, as MeanFlow's networks embed t and t - r."""
+        named temb{k}_dense*), summed, as MeanFlow's networks embed t and t - r. A latent input
+        [B, D] (DDGAN's z) skips the sinusoid: Dense -> swish -> Dense, a mapping network whose
+        output modulates every residual block with the time embedding."""
         inputs = noise_cond if isinstance(noise_cond, (tuple, list)) else (noise_cond,)
         temb_dim = 4 * self.ch
         dense = dict(dtype=self.dtype, param_dtype=jnp.float32)
         temb = 0.0
         for k, value in enumerate(inputs):
             prefix = "temb" if k == 0 else f"temb{k}"
-            value = jnp.broadcast_to(jnp.asarray(value, jnp.float32), (batch,))
-            h = nn.Dense(temb_dim, name=f"{prefix}_dense0", **dense)(
-                sinusoidal_embedding(value, self.ch))
+            value = jnp.asarray(value, jnp.float32)
+            if value.ndim == 2:
+                features = value
+            else:
+                features = sinusoidal_embedding(jnp.broadcast_to(value, (batch,)), self.ch)
+            h = nn.Dense(temb_dim, name=f"{prefix}_dense0", **dense)(features)
             temb = temb + nn.Dense(temb_dim, name=f"{prefix}_dense1", **dense)(nn.swish(h))
         if self.num_classes > 0:
             if labels is None:
@@ -382,6 +387,7 @@ def build_unet(options: UNetOptions, spec: NetworkSpec) -> LinenNetwork:
         return LinenNetwork(module=module, x_shape=tuple(spec.x_shape),
                             out_channels=spec.x_shape[-1], cond_key=None,
                             init_cond=text_init_cond(spec.text),
-                            num_noise_inputs=spec.num_noise_inputs)
+                            num_noise_inputs=spec.num_noise_inputs, latent_dim=spec.latent_dim)
     return LinenNetwork(module=module, x_shape=tuple(spec.x_shape),
-                        out_channels=spec.x_shape[-1], num_noise_inputs=spec.num_noise_inputs)
+                        out_channels=spec.x_shape[-1], num_noise_inputs=spec.num_noise_inputs,
+                        latent_dim=spec.latent_dim)

@@ -141,6 +141,7 @@ def make_objective(name: str, options, ctx: ObjectiveContext) -> Objective:
 from diffjax.objectives import (  # noqa: E402,F401
     consistency,
     consistency_distillation,
+    ddgan,
     denoising,
     flow_matching,
     mean_flow,

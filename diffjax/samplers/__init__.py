@@ -20,6 +20,7 @@ in SAMPLERS with its options dataclass (config.sampling.<name>):
   flow_sde   SiT's SDE, Euler-Maruyama with a diffusion coefficient      K
   consistency multistep consistency sampling (consistency models only)   K
   mean_flow  MeanFlow's z_r = z_t - (t - r) u (average-velocity models)  K
+  ddgan      DDGAN's generator + posterior steps (latent generators)    K (= the trained T)
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from diffjax.samplers.registry import SAMPLERS
 
 # registers, in the table's order
 for _module in ("ancestral", "edm", "dpm_solver", "pc", "ode", "flow", "consistency",
-                "mean_flow"):
+                "mean_flow", "ddgan"):
     importlib.import_module(f"diffjax.samplers.{_module}")
 
 __all__ = ["Denoiser", "GridOptions", "Prediction", "SAMPLERS", "SPACINGS", "guidance",

@@ -10,8 +10,9 @@ import jax
 import jax.numpy as jnp
 
 # A conditional denoiser: (x_t [B,H,W,C], t [B], cond[, r=]) -> network output, where cond is the
-# conditioning plug-in's pytree of per-example arrays (e.g. {'label': [B] int32}); r [B]: the end
-# times of a two-time model (mean_velocity), passed only when a sampler gives them.
+# conditioning plug-in's pytree of per-example arrays (e.g. {'label': [B] int32}); r: a two-input
+# model's second input (mean_velocity's end times [B], x0_latent's latent [B, D]), passed only
+# when a sampler gives it.
 ConditionalDenoiser = Callable
 
 

@@ -9,10 +9,12 @@ from typing import Callable
 import jax.numpy as jnp
 
 from diffjax.core.parameterizations import Parameterization, make_parameterization
+from diffjax.core.schedules import posterior  # noqa: F401 (the samplers' import)
 
 # A denoiser: (x_t [B, H, W, C], t [B] float32 times in [0, 1]) -> network output [B, H, W, C] in
 # the model's parameterization. Class labels, guidance and params are closed over; see guidance.py.
-# A two-time model's denoiser also takes the end times, denoiser(x_t, t, r=r [B]).
+# A two-input model's denoiser also takes its second input r: the end times [B] of a two-time
+# model (mean_velocity), the latent z [B, D] of a GAN generator (x0_latent).
 Denoiser = Callable
 
 
@@ -34,11 +36,14 @@ class Prediction:
                            make_parameterization(self.parameterization,
                                                  schedule=self.schedule))
 
-    def x0_eps(self, x, t):
-        """x: [B, H, W, C] at time t (a scalar) -> (x0_hat, eps_hat), both [B, H, W, C] float32."""
+    def x0_eps(self, x, t, r=None):
+        """x: [B, H, W, C] at time t (a scalar) -> (x0_hat, eps_hat), both [B, H, W, C] float32.
+        r: a two-input model's second input (a GAN generator's latent z [B, D]; None: none)."""
         t = jnp.asarray(t, jnp.float32)
         alpha, sigma = self.schedule.alpha(t), self.schedule.sigma(t)
-        out = self.denoiser(x, jnp.full((x.shape[0],), t)).astype(jnp.float32)
+        times = jnp.full((x.shape[0],), t)
+        out = (self.denoiser(x, times) if r is None
+               else self.denoiser(x, times, r=r)).astype(jnp.float32)
         x0, eps = self.parameterization.x0_eps(x, out, alpha, sigma)
         if self.clip is not None:
             x0 = jnp.clip(x0, *self.clip)
@@ -63,17 +68,6 @@ def initial_x(schedule, noise, t0):
     if schedule.variance_preserving:
         return noise
     return noise * schedule.sigma(jnp.asarray(t0, jnp.float32))
-
-
-def posterior(alpha_t, sigma_t, alpha_s, sigma_s):
-    """q(x_s | x_t, x0) for s < t (Kingma et al. 2021, VDM eq. 26-28, general alpha/sigma):
-    mean = c_xt x_t + c_x0 x0 and the variances 'small' (the true posterior variance) and
-    'large' (sigma_{t|s}^2, DDPM's beta_t). Returns (c_xt, c_x0, var_small, var_large)."""
-    alpha_ts = alpha_t / alpha_s
-    sigma2_ts = sigma_t**2 - alpha_ts**2 * sigma_s**2
-    c_xt = alpha_ts * sigma_s**2 / sigma_t**2
-    c_x0 = alpha_s * sigma2_ts / sigma_t**2
-    return c_xt, c_x0, sigma2_ts * sigma_s**2 / sigma_t**2, sigma2_ts
 
 
 def step_coefficients(schedule, ts):

@@ -41,6 +41,7 @@ MODELS = {
     "cd": ("configs/mnist_cd.py",
            {"objective.consistency_distillation.teacher": "{teacher}"},
            "consistency distillation (Heun, N=18, mu=0.95)"),
+    "ddgan": ("configs/mnist_ddgan.py", {}, "denoising diffusion GAN, T = 2 (no teacher)"),
     # progressive distillation, one run per round: teacher DDIM-8 -> 4 -> 2 -> 1
     "pd4": ("configs/mnist_pd.py",
             {"objective.progressive_distillation.teacher": "{teacher}"},
@@ -61,10 +62,11 @@ EVALS = {
     "ict": [("consistency", 2), ("consistency", 1), ("consistency", 4)],
     "meanflow": [("mean_flow", 1), ("mean_flow", 2), ("mean_flow", 4)],
     "cd": [("consistency", 2), ("consistency", 1), ("consistency", 4)],
+    "ddgan": [("ddgan", 2)],
     "pd4": [("ddim", 4)], "pd2": [("ddim", 2)], "pd1": [("ddim", 1)],
 }
 # the teacher is trained before any
-ORDER = ("meanflow", "ict", "cd", "pd4", "pd2", "pd1", "teacher")
+ORDER = ("meanflow", "ict", "cd", "ddgan", "pd4", "pd2", "pd1", "teacher")
 
 
 def workdir(name: str) -> str:
