@@ -164,19 +164,27 @@ DDGAN_CONFIG = {"diffusion.schedule": "vp_linear", "diffusion.parameterization":
                 "sampling.num_steps": 2}
 
 
-def test_ddgan_trains_and_samples(data_dir, tmp_path):
-    """Two steps of launch's train mode: the discriminator is a trained group (it moved, its
-    Adam state is in the train state), and sampling draws images in the trained T steps."""
+def test_ddgan_trains_resumes_bit_exactly_and_samples(data_dir, tmp_path):
+    """2 steps straight == 1, restart, 1 more, with the discriminator a trained group (its
+    params moved and its Adam state resumed with the rest); sampling draws images in the trained
+    T steps."""
     from diffjax.experiment import Experiment
 
-    config = tiny_config(data_dir, **DDGAN_CONFIG, **{"training.num_steps": 2})
-    exp = Experiment(config, str(tmp_path / "ddgan"))
+    config = tiny_config(data_dir, **DDGAN_CONFIG, **{"training.num_steps": 2,
+                                                      "training.checkpoint_every_steps": 1})
+    exp = Experiment(config, str(tmp_path / "straight"))
     d0 = exp.init_state().objective.params["discriminator"]
-    state = train_run(config, str(tmp_path / "ddgan"))
-    d1 = state.objective.params["discriminator"]
+    straight = train_run(config, str(tmp_path / "straight"))
+    config.training.num_steps = 1
+    train_run(config, str(tmp_path / "resumed"))
+    config.training.num_steps = 2
+    resumed = train_run(config, str(tmp_path / "resumed"))
+    for a, b in zip(jax.tree.leaves(straight), jax.tree.leaves(resumed)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    d1 = straight.objective.params["discriminator"]
     moved = jax.tree.leaves(jax.tree.map(lambda a, b: float(jnp.max(jnp.abs(a - b))), d0, d1))
-    assert min(moved) > 0 and set(state.objective.opt_state) == {"discriminator"}
-    images, nfe = exp.generator().sample(state.params, 4, seed=0)
+    assert min(moved) > 0 and set(straight.objective.opt_state) == {"discriminator"}
+    images, nfe = exp.generator().sample(straight.params, 4, seed=0)
     assert images.shape == (4, 16, 16, 1) and images.dtype == np.uint8 and nfe == 2
 
 
