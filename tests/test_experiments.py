@@ -80,7 +80,7 @@ def test_unknown_override_keys_name_the_fields_of_their_parent(tmp_path, capsys)
                                         "GRID = {'diffusion.schedul': ['cosine']}\n")
     assert run.main([path, "--print_commands"]) == 2
     assert ("config.diffusion.schedul is not a config field: config.diffusion has no field "
-            "'schedul'; its fields are: cosine, edm, flow_gvp, flow_linear, linear"
+            "'schedul'; its fields are: cosine, edm, flow_gvp, flow_linear, latent_dim, linear"
             in capsys.readouterr().err)
 
 
