@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import optax
 
 from diffjax.core import ddgan as dg
+from diffjax.core.parameterizations import bcast
 from diffjax.errors import ConfigError
 from diffjax.objectives import OBJECTIVES, Objective, ObjectiveContext
 from diffjax.options import check
@@ -114,8 +115,7 @@ class DDGAN(Objective):
         t, s = levels[inputs["k"]], levels[inputs["k"] - 1]
         alpha_t, sigma_t = dg.marginal_coefficients(sched, t)
         alpha_s, sigma_s = dg.marginal_coefficients(sched, s)
-        b = lambda c: c.reshape(-1, 1, 1, 1)  # noqa: E731
-        x_prev = b(alpha_s) * x + b(sigma_s) * inputs["eps_prev"]
+        x_prev = bcast(alpha_s, x) * x + bcast(sigma_s, x) * inputs["eps_prev"]
         x_t = dg.forward_step(x_prev, inputs["eps_step"], alpha_s, sigma_s, alpha_t, sigma_t)
         out_channels = self.network.out_channels if self.network is not None else None
 
