@@ -12,9 +12,10 @@ within the 30 minutes. FID at 2k samples is biased upward: compare only within t
     python experiments/sweeps/mnist_few_step.py --table    # only rewrite the table
     python experiments/sweeps/mnist_few_step.py --only ict,cd
 
-Finished trainings (final checkpoint committed) and evaluations (a matching eval JSON) are
-skipped, so the table grows run by run. Runs live in RUNS_DIR (runs/few_step); the table, the
-grids and the train times go to experiments/results/mnist_few_step/.
+Every finished evaluation is recorded in experiments/results/mnist_few_step/results.json (with
+its grid and the model's train time), and the table is written from that record, so it grows
+run by run and across clones: a run re-trains (in RUNS_DIR, runs/few_step) and re-scores only
+the rows the record lacks.
 """
 
 from __future__ import annotations
@@ -67,6 +68,13 @@ EVALS = {
 }
 # the teacher is trained before any
 ORDER = ("meanflow", "ict", "cd", "ddgan", "pd4", "pd2", "pd1", "teacher")
+
+
+def _teachers(name: str) -> list[str]:
+    """The models whose workdirs name's overrides refer to ('{pd4}'), nearest last."""
+    refs = [ref for value in MODELS[name][1].values() if isinstance(value, str)
+            for ref in MODELS if "{" + ref + "}" in value]
+    return [t for ref in refs for t in (*_teachers(ref), ref)]
 
 
 def workdir(name: str) -> str:
@@ -139,24 +147,51 @@ def train_seconds(name: str) -> float | None:
         return json.load(f)["seconds"]
 
 
-def table() -> str:
-    """The markdown table of every finished evaluation; copies their grids to OUT_DIR."""
+RESULTS = os.path.join(OUT_DIR, "results.json")
+
+
+def load_results() -> dict:
+    """The checked-in record of every finished evaluation, {f"{name}_{sampler}{num_steps}": row};
+    it outlives the runs, so a fresh clone keeps the table and re-runs only what is missing."""
+    if not os.path.exists(RESULTS):
+        return {}
+    with open(RESULTS) as f:
+        return json.load(f)
+
+
+def record(name: str, sampler: str, num_steps: int) -> None:
+    """Adds the run's evaluation to results.json and copies its grid to OUT_DIR."""
+    result = find_eval(name, sampler, num_steps)
+    key = f"{name}_{sampler}{num_steps}"
     os.makedirs(OUT_DIR, exist_ok=True)
+    shutil.copyfile(result["path"][:-len(".json")] + ".png", os.path.join(OUT_DIR, key + ".png"))
+    results = load_results()
+    results[key] = {"model": name, "sampler": sampler, "num_steps": num_steps,
+                    "nfe": result["nfe"], "fid": round(result["fid"], 2),
+                    "kid_mean": round(result["kid_mean"], 4),
+                    "kid_std": round(result["kid_std"], 4),
+                    "train_seconds": train_seconds(name)}
+    with open(RESULTS, "w") as f:
+        json.dump(results, f, indent=1, sort_keys=True)
+        f.write("\n")
+
+
+def table() -> str:
+    """The markdown table of every recorded evaluation, in MODELS and EVALS order."""
+    results = load_results()
     lines = ["| model | sampler | NFE | FID (2k) | KID (2k) | train (2 cores) | grid |",
              "|---|---|---|---|---|---|---|"]
     for name in MODELS:
-        seconds = train_seconds(name)
-        cost = f"{seconds / 60:.1f} min" if seconds else "-"
         for sampler, num_steps in sorted(EVALS[name], key=lambda e: (e[0] != "consistency",
                                                                       e[1])):
-            result = find_eval(name, sampler, num_steps)
-            if result is None:
+            row = results.get(f"{name}_{sampler}{num_steps}")
+            if row is None:
                 continue
-            grid = f"{name}_{sampler}{num_steps}.png"
-            shutil.copyfile(result["path"][:-len(".json")] + ".png", os.path.join(OUT_DIR, grid))
-            lines.append(f"| {MODELS[name][2]} | {sampler} | {result['nfe']} | "
-                         f"{result['fid']:.2f} | {result['kid_mean']:.4f} ± "
-                         f"{result['kid_std']:.4f} | {cost} | [grid]({grid}) |")
+            seconds = row["train_seconds"]
+            cost = f"{seconds / 60:.1f} min" if seconds else "-"
+            lines.append(f"| {MODELS[name][2]} | {sampler} | {row['nfe']} | {row['fid']:.2f} | "
+                         f"{row['kid_mean']:.4f} ± {row['kid_std']:.4f} | {cost} | "
+                         f"[grid]({name}_{sampler}{num_steps}.png) |")
     return "\n".join(lines) + "\n"
 
 
@@ -177,14 +212,19 @@ def main(argv=None) -> int:
     if unknown:
         parser.error(f"--only: unknown model {unknown[0]!r}; allowed: {', '.join(MODELS)}")
     if not args.table:
-        if not is_trained("teacher"):
-            train("teacher")
+        done = load_results()
         for name in names:
-            if not is_trained(name):
-                train(name)
-            for sampler, num_steps in EVALS[name]:
+            missing = [(sampler, num_steps) for sampler, num_steps in EVALS[name]
+                       if f"{name}_{sampler}{num_steps}" not in done]
+            if not missing:
+                continue
+            for needed in (*_teachers(name), name):
+                if not is_trained(needed):
+                    train(needed)
+            for sampler, num_steps in missing:
                 if find_eval(name, sampler, num_steps) is None:
                     evaluate(name, sampler, num_steps)
+                record(name, sampler, num_steps)
                 write_table()
     print(write_table(), end="")
     return 0
