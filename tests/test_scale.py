@@ -45,6 +45,37 @@ def test_dropout_masks_do_not_depend_on_the_micro_batch_split(data_dir):
         np.testing.assert_allclose(np.asarray(micro), full[j::4], rtol=1e-5, atol=1e-5)
 
 
+def test_a_network_without_dropout_is_applied_to_the_whole_batch(data_dir):
+    """Only a stochastic network pays for the per-example vmap: without dropout the U-Net is
+    traced once at the full batch (inside a vmap it would see one example) and gives its
+    eval-mode output; with dropout it is vmapped."""
+    from diffjax.training.step import per_example_dropout_apply
+
+    x = np.ones((8, 28, 28, 1), np.float32)
+    keys = jax.random.split(jax.random.PRNGKey(1), 8)
+    for dropout, traced_batch in ((0.0, 8), (0.5, 1)):
+        net = Experiment(tiny_config(data_dir, **{"model.unet.dropout": dropout}),
+                         load_data=False).network
+        assert net.stochastic == (dropout > 0)
+        params = net.init(jax.random.PRNGKey(0))
+        seen = []
+
+        class Recording:
+            stochastic = net.stochastic
+
+            def apply(self, params, x, *args, **kwargs):
+                seen.append(x.shape[0])
+                return net.apply(params, x, *args, **kwargs)
+
+        recording = Recording()
+        out = jax.jit(lambda a: per_example_dropout_apply(recording, params, a, np.zeros(8),
+                                                          {}, keys))(x)
+        assert seen == [traced_batch]
+        if not dropout:
+            np.testing.assert_allclose(np.asarray(out), net.apply(params, x, np.zeros(8), {}),
+                                       rtol=1e-5, atol=1e-6)
+
+
 def test_grad_accumulation_over_4_micro_batches_equals_the_4x_batch(data_dir):
     config = tiny_config(data_dir, **{"model.unet.dropout": 0.0, "mesh.num_devices": 2})
     _, big, big_losses = run_steps(config, 2)

@@ -374,5 +374,6 @@ def build_dit(options: DiTOptions, spec: NetworkSpec) -> LinenNetwork:
                         extra_outputs=(("variance", channels),) if options.learn_sigma else (),
                         num_fixed_scalars=num_patches * hidden,
                         num_noise_inputs=spec.num_noise_inputs, latent_dim=spec.latent_dim,
+                        stochastic=False,
                         **({} if spec.text is None else
                            {"cond_key": None, "init_cond": text_init_cond(spec.text)}))

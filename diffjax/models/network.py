@@ -68,6 +68,9 @@ class Network:
     # Non-trained constants the network's paper counts as parameters (DiT's fixed position
     # embedding); they are not in params, so count_params(params) leaves them out.
     num_fixed_scalars: int = 0
+    # Whether apply(train=True) draws randomness from rng (dropout). The train step vmaps a
+    # stochastic network over the batch, one key per example; any other is applied to it whole.
+    stochastic: bool = True
 
     def init(self, rng) -> Any:
         """Fresh params for inputs of shape x_shape."""
@@ -107,6 +110,7 @@ class LinenNetwork(Network):
     latent_dim: int = 0
     cond_key: str | None = "label"
     num_fixed_scalars: int = 0
+    stochastic: bool = True
     init_cond: Any = None  # the conditioning input init traces with (None: no conditioning)
 
     def _cond_input(self, cond: dict):

@@ -387,7 +387,8 @@ def build_unet(options: UNetOptions, spec: NetworkSpec) -> LinenNetwork:
         return LinenNetwork(module=module, x_shape=tuple(spec.x_shape),
                             out_channels=spec.x_shape[-1], cond_key=None,
                             init_cond=text_init_cond(spec.text),
-                            num_noise_inputs=spec.num_noise_inputs, latent_dim=spec.latent_dim)
+                            num_noise_inputs=spec.num_noise_inputs, latent_dim=spec.latent_dim,
+                            stochastic=options.dropout > 0)
     return LinenNetwork(module=module, x_shape=tuple(spec.x_shape),
                         out_channels=spec.x_shape[-1], num_noise_inputs=spec.num_noise_inputs,
-                        latent_dim=spec.latent_dim)
+                        latent_dim=spec.latent_dim, stochastic=options.dropout > 0)

@@ -49,7 +49,10 @@ def per_example_dropout_apply(network, params, x, noise_cond, cond, example_keys
     alone (vmapped over the batch), so the masks do not depend on how the batch is split into
     micro-batches or over devices. x: [B,H,W,C]; noise_cond, cond: [B, ...] leaves;
     example_keys: [B] keys. A call with another batch size (an objective's own layout) draws its
-    masks from one key derived from example_keys[0]."""
+    masks from one key derived from example_keys[0]; a network that is not `stochastic` is
+    applied to the whole batch."""
+    if not network.stochastic:
+        return network.apply(params, x, noise_cond, cond, train=True, rng=example_keys[0])
     if x.shape[0] != example_keys.shape[0]:
         key = jax.random.fold_in(example_keys[0], x.shape[0])
         return network.apply(params, x, noise_cond, cond, train=True, rng=key)
