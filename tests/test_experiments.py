@@ -261,3 +261,16 @@ def test_execute_streams_the_output_to_the_console_and_the_log(tmp_path, capsys)
         text = f.read()
     assert text.startswith("$ ") and f"hello from {sweep_lib.ROOT}\n" in text
     assert run.execute([sys.executable, "-c", "raise SystemExit(3)"], log) == 3
+
+
+def test_sampler_convergence_scores_rmse_in_pixel_range_units_and_the_first_converged_nfe():
+    from experiments import sampler_convergence as conv
+
+    reference = np.zeros((2, 4, 4, 1), np.uint8)
+    images = reference.copy()
+    images[0] = 51  # half the pixels 51/255 = 0.2 off: RMSE sqrt(0.2^2 / 2)
+    assert conv.rmse(images, reference) == pytest.approx(0.2 / np.sqrt(2), rel=1e-12)
+    assert conv.rmse(reference, reference) == 0.0
+    rows = [(10, 0.05, 1.0), (20, 0.019, 1.0), (40, 0.02, 1.0), (100, 0.001, 1.0)]
+    assert conv.converged_nfe(rows) == 20
+    assert conv.converged_nfe([(10, 0.5, 1.0)]) is None
