@@ -105,6 +105,16 @@ def _put(tree: dict, dotted: str, value) -> None:
     node[leaf] = value
 
 
+def set_field(config, dotted: str, value) -> None:
+    """config[a][b][c] = value for dotted = 'a.b.c' (a KeyError where a parent is missing; the
+    ConfigDict's TypeError for a value of the wrong type)."""
+    *parents, leaf = dotted.split(".")
+    node = config
+    for p in parents:
+        node = node[p]
+    node[leaf] = value
+
+
 def is_legacy(saved: dict) -> bool:
     """Whether a run's config.json predates the plug-in layout (it has model.ch or
     training.ema_decay)."""

@@ -57,13 +57,6 @@ def _tree_sha(tree) -> str:
     return _sha(np.concatenate([np.ravel(np.asarray(x)) for x in jax.tree.leaves(tree)]))
 
 
-def _set(node, key: str, value) -> None:
-    *parents, leaf = key.split(".")
-    for p in parents:
-        node = node[p]
-    node[leaf] = value
-
-
 def _config(case: str):
     """(config, number of steps, whether batches are synthetic) of a case."""
     from diffjax import config_lib
@@ -79,7 +72,7 @@ def _config(case: str):
     config = load("default")
     config.training.batch_size = 8
     for key, value in VARIANTS[name].items():
-        _set(config, key, value)
+        config_lib.set_field(config, key, value)
     return config, 20, False
 
 
@@ -87,7 +80,7 @@ def _sample_checks(exp, config, state) -> dict:
     """Hashes of the default grid, eight samplers at 10 steps and one RePaint completion."""
     import jax
 
-    from diffjax import inpainting, parallel
+    from diffjax import config_lib, inpainting, parallel
     from diffjax.experiment import Experiment
     from diffjax.samplers import repaint
 
@@ -99,7 +92,7 @@ def _sample_checks(exp, config, state) -> dict:
         cfg = config.copy_and_resolve_references()
         cfg.sampling.sampler, cfg.sampling.num_steps, cfg.sampling.batch_size = sampler, 10, 8
         for key, value in extra.items():
-            _set(cfg.sampling, key, value)
+            config_lib.set_field(cfg.sampling, key, value)
         images, nfe = Experiment(cfg, load_data=False).generator().sample(ema, 8, seed=3)
         out["samplers"][sampler] = {"sha": _sha(images), "nfe": float(nfe)}
     cfg = config.copy_and_resolve_references()

@@ -31,30 +31,21 @@ STEPS = (5, 10, 20, 50)
 REFERENCE = {"sampling.sampler": "ode", "sampling.ode.rtol": 1e-5, "sampling.ode.atol": 1e-5}
 
 
-def run_config(workdir: str, overrides: dict):
-    """The run's saved config (WORKDIR/config.json) with `overrides` (dotted keys) on top."""
-    sys.path.insert(0, ROOT)
+def run_config(saved: dict, overrides: dict):
+    """configs/default.py with a run's saved config (its config.json) and `overrides` (dotted
+    keys) on top, as launch.py reads a workdir."""
     from diffjax import config_lib
 
     base = config_lib.load_config_file(os.path.join(ROOT, "configs", "default.py"))
-    with open(os.path.join(workdir, "config.json")) as f:
-        config = config_lib.merge_saved(base, json.load(f), set())
+    config = config_lib.merge_saved(base, saved, set())
     for key, value in overrides.items():
-        node = config
-        *parents, leaf = key.split(".")
-        for name in parents:
-            node = node[name]
-        node[leaf] = value
+        config_lib.set_field(config, key, value)
     return config
 
 
-def draw(workdir: str, overrides: dict, num_samples: int):
-    """(uint8 images [N,H,W,C], NFE per sample, samples/s) of the run's EMA params."""
-    from diffjax import restore
-    from diffjax.experiment import Experiment
-
-    exp = Experiment(run_config(workdir, overrides), workdir, load_data=False)
-    params, _ = restore.sampling_params(exp, workdir)
+def draw(exp, params, num_samples: int):
+    """(uint8 images [N,H,W,C], NFE per sample, samples/s) of `params` sampled as the Experiment
+    `exp` says, compilation excluded."""
     gen = exp.generator()
     gen.compile(params)
     start = time.perf_counter()
@@ -83,7 +74,19 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if not os.path.exists(os.path.join(args.workdir, "config.json")):
         parser.error(f"workdir {args.workdir!r} has no config.json: train it first")
-    reference, ref_nfe, ref_rate = draw(args.workdir, REFERENCE, args.num_samples)
+    from diffjax import restore
+    from diffjax.experiment import Experiment
+
+    with open(os.path.join(args.workdir, "config.json")) as f:
+        saved = json.load(f)
+
+    def experiment(overrides):
+        return Experiment(run_config(saved, overrides), args.workdir, load_data=False)
+
+    reference_exp = experiment(REFERENCE)
+    # The run's EMA params, the same tree for every sampler setting: restored once.
+    params, _ = restore.sampling_params(reference_exp, args.workdir)
+    reference, ref_nfe, ref_rate = draw(reference_exp, params, args.num_samples)
     print(f"reference ode rtol 1e-5: {ref_nfe} NFE, {ref_rate:.2f} samples/s", flush=True)
     lines = [f"Run `{os.path.relpath(os.path.abspath(args.workdir), ROOT)}`, "
              f"{args.num_samples} samples (seed 0) against the ODE at rtol = atol = 1e-5 "
@@ -96,10 +99,10 @@ def main(argv=None) -> int:
     for sampler, spacing in SAMPLERS:
         rows = []
         for steps in STEPS:
-            images, nfe, rate = draw(args.workdir, {"sampling.sampler": sampler,
-                                                    "sampling.spacing": spacing,
-                                                    "sampling.num_steps": steps},
-                                     args.num_samples)
+            images, nfe, rate = draw(experiment({"sampling.sampler": sampler,
+                                                 "sampling.spacing": spacing,
+                                                 "sampling.num_steps": steps}),
+                                     params, args.num_samples)
             rows.append((nfe, rmse(images, reference), rate))
             print(f"{sampler} ({spacing}) {steps} steps: {nfe} NFE, RMSE {rows[-1][1]:.4f}, "
                   f"{rate:.2f} samples/s", flush=True)

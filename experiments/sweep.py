@@ -160,13 +160,9 @@ def resolve_config(base_config: str, overrides: dict[str, Any], where: str = "ov
     for key, value in overrides.items():
         if missing := config_lib.missing_field(config, key):
             raise ValueError(f"{where}: config.{key} is not a config field: {missing}")
-        *parents, leaf = key.split(".")
-        node = config
-        for part in parents:
-            node = node[part]
         value = tuple(value) if isinstance(value, list) else value
         try:
-            node[leaf] = value
+            config_lib.set_field(config, key, value)
         except TypeError as e:
             raise ValueError(f"{where}: config.{key}={value!r} has the wrong type: {e}") from e
     from diffjax.experiment import validate
