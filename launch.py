@@ -18,7 +18,7 @@ ROOT = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, ROOT)  # config files import configs.base
 DEFAULT_CONFIG = os.path.join(ROOT, "configs", "default.py")
 
-from diffjax.modes import MODES  # noqa: E402  (light: no JAX)
+from diffjax.modes import MODES, RUN_MODES  # noqa: E402  (light: no JAX)
 
 
 def _fail(message: str) -> None:
@@ -41,11 +41,11 @@ def _flag(argv: list[str], name: str) -> str | None:
 
 
 def _default_config_file(argv: list[str]) -> str:
-    """configs/default.py; for --mode=sample|eval|inpaint of a WORKDIR without --config, the
+    """configs/default.py; for a mode that reads a WORKDIR (RUN_MODES) without --config, the
     config file that trained it (WORKDIR/launch.json), so that the modules it imports (a user's
     plug-ins) are registered again."""
     workdir, mode = _flag(argv, "workdir"), _flag(argv, "mode")
-    if workdir and mode in ("sample", "eval", "inpaint") and _flag(argv, "config") is None:
+    if workdir and mode in RUN_MODES and _flag(argv, "config") is None:
         path = os.path.join(workdir, LAUNCH_RECORD)
         if os.path.exists(path):
             with open(path) as f:
@@ -114,9 +114,9 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
     config = _CONFIG.value
     mode = FLAGS.mode
-    if mode in ("train", "sample", "inpaint", "eval", "train_autoencoder") and not FLAGS.workdir:
+    if mode in ("train", "train_autoencoder", *RUN_MODES) and not FLAGS.workdir:
         raise app.UsageError(f"--workdir is required for --mode={mode}")
-    if mode in ("sample", "inpaint", "eval"):
+    if mode in RUN_MODES:
         config = _with_saved_config(config, FLAGS.workdir)
     from diffjax import experiment, modes, parallel
 

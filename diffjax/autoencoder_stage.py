@@ -49,7 +49,7 @@ class AutoencoderStage:
                                   _sampler_registry())
         self.eval = _settings(settings.EvalOptions, config, "eval", _metric_registry())
         self.mesh_options = m = _settings(settings.MeshOptions, config, "mesh")
-        ema_name, ema_options = selected(config, ema.EMAS)
+        ema_name, ema_options = selected(config, ema.EMAS, ema.SECTION_FIELDS)
         self.ema = ema.EMAS.get(ema_name).factory(ema_options)
         self.image_shape, _ = data.dataset_spec(self.data.name, self.data.data_dir,
                                                 self.data.image_size)

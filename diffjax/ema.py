@@ -2,7 +2,9 @@
 one; its options are config.ema.<name>. An EMA provides init(params) -> state, update(state,
 params, step) -> state (called with the params after each update, under the step's NaN guard),
 keys() (what can be sampled, e.g. the rates), default_key and params(state, key). The state is a
-pytree, checkpointed with the rest; EDM2's power-function EMA can register beside `fixed`."""
+pytree, checkpointed with the rest. `fixed` keeps constant-rate EMAs; `power` keeps EDM2's
+power-function profiles, whose snapshots (config.ema.snapshot_every) let a run choose its EMA
+length after training (config.ema.sigma_rel; diffjax.posthoc_ema)."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from diffjax.core import power_ema
 from diffjax.errors import ConfigError
 from diffjax.options import check
 from diffjax.registry import Registry
@@ -85,3 +88,85 @@ def make_ema(name: str, options=None):
     """The EMA registered as `name` (options None: its defaults)."""
     entry = EMAS.get(name)
     return entry.factory(options if options is not None else entry.default_options())
+
+
+@dataclasses.dataclass(frozen=True)
+class PowerOptions:
+    """sigma_rels: the widths of EDM2's power-function profiles kept in training (EDM2 Sec. 3.1:
+    0.05 and 0.10); the first is the default for grids, sampling and evaluation."""
+
+    sigma_rels: tuple[float, ...] = (0.05, 0.10)
+
+    def __post_init__(self):
+        widths = tuple(self.sigma_rels)
+        limit = power_ema.MAX_SIGMA_REL
+        check(bool(widths) and all(isinstance(s, float) and 0 < s < limit for s in widths),
+              "sigma_rels", widths, f"must be a non-empty tuple of floats in (0, {limit:.4f}), "
+              f"e.g. (0.05, 0.10)")
+        check(len(set(widths)) == len(widths), "sigma_rels", widths, "widths must be distinct")
+
+
+@dataclasses.dataclass(frozen=True)
+class PowerEMA:
+    """EDM2's power-function EMA: e_t = beta_t e_(t-1) + (1 - beta_t) p_t with
+    beta_t = (1 - 1/t)^(gamma + 1), one profile per sigma_rel (gamma from EDM2 eq. 3). The state
+    is a tuple of param trees in the order of `sigma_rels`; the keys are the sigma_rels."""
+
+    sigma_rels: tuple[float, ...] = (0.05, 0.10)
+
+    @property
+    def gammas(self) -> tuple[float, ...]:
+        return tuple(float(power_ema.gamma_of_sigma_rel(s)) for s in self.sigma_rels)
+
+    def init(self, params) -> tuple:
+        return (params,) * len(self.sigma_rels)
+
+    def update(self, state: tuple, params, step) -> tuple:
+        def one(ema, gamma):
+            b = power_ema.beta(step, gamma)
+            return jax.tree.map(lambda e, p: b * e + (1.0 - b) * p, ema, params)
+
+        return tuple(one(ema, gamma) for ema, gamma in zip(state, self.gammas))
+
+    def keys(self) -> tuple[float, ...]:
+        return self.sigma_rels
+
+    @property
+    def default_key(self) -> float:
+        return self.sigma_rels[0]
+
+    def params(self, state: tuple, key: float) -> Any:
+        """The profile of width `key` (one of `sigma_rels`)."""
+        if key not in self.sigma_rels:
+            raise ConfigError(f"config.sampling.ema_decays contains {key}, which this run does "
+                              f"not keep; allowed: {', '.join(map(str, self.sigma_rels))} "
+                              f"(config.ema.power.sigma_rels), 0.0 (the raw params), or another "
+                              f"width post hoc with config.ema.sigma_rel")
+        return state[self.sigma_rels.index(key)]
+
+
+@EMAS.register("power", options=PowerOptions)
+def power(options: PowerOptions) -> PowerEMA:
+    return PowerEMA(tuple(float(s) for s in options.sigma_rels))
+
+
+# Fields of config.ema beside `name` and the parts' sections.
+SECTION_FIELDS = ("snapshot_every", "sigma_rel")
+
+
+@dataclasses.dataclass(frozen=True)
+class PosthocOptions:
+    """config.ema.snapshot_every: save every EMA profile to WORKDIR/ema_snapshots every N steps
+    (and at the last step); 0: none. config.ema.sigma_rel: sample and evaluate the EMA of this
+    width reconstructed post hoc from those snapshots (EDM2 Sec. 3.2); 0: the tracked EMA."""
+
+    snapshot_every: int = 0
+    sigma_rel: float = 0.0
+
+    def __post_init__(self):
+        check(isinstance(self.snapshot_every, int) and self.snapshot_every >= 0,
+              "snapshot_every", self.snapshot_every, "must be an int >= 0 (0: no snapshots)")
+        limit = power_ema.MAX_SIGMA_REL
+        check(isinstance(self.sigma_rel, (int, float)) and 0 <= self.sigma_rel < limit,
+              "sigma_rel", self.sigma_rel,
+              f"must be 0 (the tracked EMA) or a width in (0, {limit:.4f}), e.g. 0.07")

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import os
 
+import jax
+
 from diffjax import checkpoint, state
 
 
@@ -58,8 +60,18 @@ def sampling_params(exp, workdir: str, sampling=None):
     they come from. checkpoint_steps: () the newest good checkpoint, else these steps;
     ema_decays: () the EMA's default, else these rates (0.0: the raw params). One (step, rate)
     pair gives one param tree; several give a tuple of trees, an ensemble whose denoiser outputs
-    the Generator averages."""
+    the Generator averages. With config.ema.sigma_rel > 0: the post-hoc EMA of that width from
+    the run's snapshots, at the newest snapshot step (diffjax.posthoc_ema)."""
     s = sampling or exp.sampling
+    sigma_rel = posthoc_sigma_rel(exp)
+    if sigma_rel:
+        from diffjax import parallel, posthoc_ema
+
+        like = exp.abstract_state().params
+        params, step = posthoc_ema.load_or_reconstruct(os.path.abspath(workdir), sigma_rel, like)
+        if exp.mesh is not None:
+            params = jax.device_put(params, parallel.replicated(exp.mesh))
+        return params, step
     decays = tuple(s.ema_decays) or (exp.ema.default_key,)
     if s.checkpoint_steps:
         states = [(step, restore_step(exp, workdir, step)) for step in s.checkpoint_steps]
@@ -71,10 +83,16 @@ def sampling_params(exp, workdir: str, sampling=None):
     return (members[0] if len(members) == 1 else members), newest
 
 
-def params_tag(sampling) -> str:
+def posthoc_sigma_rel(exp) -> float:
+    """config.ema.sigma_rel of exp (0.0: the tracked EMA, or an experiment without post-hoc)."""
+    posthoc = getattr(exp, "posthoc", None)
+    return float(posthoc.sigma_rel) if posthoc is not None else 0.0
+
+
+def params_tag(sampling, sigma_rel: float = 0.0) -> str:
     """'' for the default params (newest checkpoint, the default EMA); else '_ema<rates>' and/or
-    '_ckpt<steps>' naming the sampling settings' choice."""
-    tag = ""
+    '_ckpt<steps>' naming the sampling settings' choice, or '_phema<width>' for a post-hoc EMA."""
+    tag = f"_phema{sigma_rel:g}" if sigma_rel else ""
     if sampling.ema_decays:
         tag += "_ema" + "-".join(f"{d:g}" for d in sampling.ema_decays)
     if sampling.checkpoint_steps:

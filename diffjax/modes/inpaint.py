@@ -75,8 +75,9 @@ def inpaint_workdir(exp) -> str:
     }
     directory = os.path.join(exp.workdir, "inpaint")
     cfg = f"_cfg{s.guidance_scale:g}" if s.guidance_scale != 1.0 else ""
+    params_tag = restore.params_tag(s, restore.posthoc_sigma_rel(exp))
     name = (f"inpaint_step{step}_{icfg.mask}_repaint{s.num_steps}_j{icfg.jump_length}"
-            f"r{icfg.resample}{cfg}{restore.params_tag(s)}_seed{s.seed}")
+            f"r{icfg.resample}{cfg}{params_tag}_seed{s.seed}")
     path = os.path.join(directory, name + ".json")
     if jax.process_index() == 0:
         os.makedirs(directory, exist_ok=True)

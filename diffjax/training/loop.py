@@ -10,7 +10,7 @@ import time
 import jax
 import numpy as np
 
-from diffjax import checkpoint, restore, writers
+from diffjax import checkpoint, posthoc_ema, restore, writers
 from diffjax.errors import ConfigError, NonFiniteError, Preempted
 from diffjax.models import count_params
 from diffjax.training.signals import StopSignal
@@ -232,6 +232,9 @@ class _Run:
             self._check_finite(metrics, done)
             self.ckpt.save(done, self.state)
             self.last_saved = done
+        snapshot_every = getattr(self.exp, "posthoc", None) and self.exp.posthoc.snapshot_every
+        if snapshot_every and (done % snapshot_every == 0 or last):
+            posthoc_ema.save_snapshots(self.workdir, done, self.exp.ema, self.state.ema)
         if (t.sample_every_steps and done % t.sample_every_steps == 0) or last:
             write_grid(self.generator, self.ema_params(), self.workdir, done, self.writer)
             if self.is_main:
