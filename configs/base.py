@@ -47,4 +47,5 @@ def get_config() -> ml_collections.ConfigDict:
     config.eval = plugins.settings_with_parts(settings.EvalOptions, plugins.KINDS["eval"])
     config.mesh = plugins.settings_section(settings.MeshOptions)
     config.benchmark = plugins.settings_section(settings.BenchmarkOptions)
+    config.likelihood = plugins.settings_section(settings.LikelihoodOptions)  # --mode=likelihood
     return config

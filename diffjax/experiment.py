@@ -94,10 +94,11 @@ def _check_every_section(config) -> None:
 
 class Experiment:
     """Everything a run needs, built from a config: typed settings (`data`, `training`, `optim`,
-    `sampling`, `inpaint`, `eval`, `mesh_options`, `benchmark`) and parts. load_data: build the
-    data pipelines (not needed to sample, evaluate or count params). devices=False: no mesh (only
-    the config is checked, against the device count it asks for where it names one), so that a
-    config can be checked on another machine than the one that will run it."""
+    `sampling`, `inpaint`, `eval`, `mesh_options`, `benchmark`, `likelihood`) and parts.
+    load_data: build the data pipelines (not needed to sample, evaluate or count params).
+    devices=False: no mesh (only the config is checked, against the device count it asks for
+    where it names one), so that a config can be checked on another machine than the one that
+    will run it."""
 
     def __init__(self, config, workdir: str | None = None, load_data: bool = True,
                  devices: bool = True):
@@ -142,6 +143,7 @@ class Experiment:
         self.eval = _settings(settings.EvalOptions, config, "eval", METRICS)
         self.mesh_options = _settings(settings.MeshOptions, config, "mesh")
         self.benchmark = _settings(settings.BenchmarkOptions, config, "benchmark")
+        self.likelihood = _settings(settings.LikelihoodOptions, config, "likelihood")
         self.grid = from_mapping(GridOptions, {k: getattr(self.sampling, k) for k in
                                                ("num_steps", "spacing", "rho")}, "sampling")
         self.sampler = SAMPLERS.get(self.sampling.sampler)

@@ -10,8 +10,11 @@ import dataclasses
 import math
 import os
 
+from diffjax.core.likelihood import DEQUANTIZATIONS, PROBES
+from diffjax.core.vlb import VARIANCES as VLB_VARIANCES
 from diffjax.evaluation.inception import PREPROCESSING
 from diffjax.options import check, choice, int_tuple
+from diffjax.samplers.ode import ODE_SOLVERS
 from diffjax.training.optim import OptimOptions  # noqa: F401  (config.optim: the optimizer's own)
 
 DTYPES = ("float32", "bfloat16")
@@ -199,6 +202,48 @@ class BenchmarkOptions:
         check(self.warmup_steps >= 0, "warmup_steps", self.warmup_steps, "must be >= 0")
         check(self.num_steps >= 1, "num_steps", self.num_steps, "must be >= 1")
         check(self.sample_steps >= 0, "sample_steps", self.sample_steps, "must be >= 0")
+
+
+LIKELIHOOD_BOUNDS = ("ode", "vlb")
+LIKELIHOOD_VARIANCES = ("auto", *VLB_VARIANCES)
+
+
+@dataclasses.dataclass(frozen=True)
+class LikelihoodOptions:
+    """config.likelihood (--mode=likelihood): bits/dim of held-out images. bound 'ode': the
+    probability-flow ODE (score_sde App. D.2) with num_probes Hutchinson probes per image
+    ('rademacher' | 'gaussian') or the exact divergence ('exact', images of <= 3x32x32), uniform
+    dequantization or none, the adaptive solver from t_min (-1: 1/T on discrete schedules,
+    sigma_min on VE/EDM ones (t = 0), else score_sde's 1e-5) to the schedule's t_max. bound
+    'vlb': the discrete-time DDPM bound (Ho et al. 2020 eq. 5), T network calls per image, with
+    the 'small' | 'large' | 'learned' reverse variance ('auto': learned where the network outputs
+    a variance, else config.sampling.ddpm.variance)."""
+
+    bound: str = "ode"
+    split: str = "train[90%:]"       # held-out images (a run trained on train[:90%])
+    num_images: int = 64             # ~10 s each by the ODE on 2 CPU cores (default model)
+    batch_size: int = 64             # global, per call
+    num_probes: int = 1              # Hutchinson probes per image, fixed along its solve
+    probe: str = "rademacher"        # rademacher | gaussian | exact
+    dequantization: str = "uniform"  # uniform (x + U[0, 1)) / 256 | none (ode only)
+    solver: str = "tsit5"
+    rtol: float = 1e-5
+    atol: float = 1e-5
+    t_min: float = -1.0              # the ODE's data end; -1: the schedule's default (above)
+    variance: str = "auto"           # vlb: auto | small | large | learned
+    seed: int = 0
+
+    def __post_init__(self):
+        choice("bound", self.bound, LIKELIHOOD_BOUNDS)
+        choice("probe", self.probe, PROBES)
+        choice("dequantization", self.dequantization, DEQUANTIZATIONS)
+        choice("solver", self.solver, ODE_SOLVERS)
+        choice("variance", self.variance, LIKELIHOOD_VARIANCES)
+        _at_least(self, 1, "num_images", "batch_size", "num_probes")
+        check(self.rtol > 0, "rtol", self.rtol, "must be > 0")
+        check(self.atol > 0, "atol", self.atol, "must be > 0")
+        check(self.t_min == -1.0 or 0.0 <= self.t_min < 1.0, "t_min", self.t_min,
+              "must be in [0, 1), or -1 for the schedule's default")
 
 
 RECONSTRUCTIONS = ("l1", "l2")
