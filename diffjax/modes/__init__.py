@@ -2,7 +2,10 @@
 `run(config, workdir, fresh, record) -> None`; record: the launch command (config file and
 flags), which training writes to WORKDIR/launch.json."""
 
-MODES = ("train", "sample", "inpaint", "eval", "dry_run", "benchmark", "train_autoencoder")
+MODES = ("train", "sample", "inpaint", "eval", "dry_run", "benchmark", "train_autoencoder",
+         "likelihood", "reconstruct_ema")
+# Modes that read a trained WORKDIR: its saved config is the base for --config overrides.
+RUN_MODES = ("sample", "inpaint", "eval", "likelihood", "reconstruct_ema")
 
 
 def run(mode: str, config, workdir: str | None, fresh: bool = False,
