@@ -105,6 +105,7 @@ class Experiment:
         self.config = config
         self.workdir = os.path.abspath(workdir) if workdir else None
         self.seed = int(config.seed)
+        self._guides: dict = {}  # autoguidance's guiding runs by (workdir, step), see load_guide
         self._read_settings(config)
         _check_every_section(config)
         if "autoencoder" in config:  # the first stage's section (--mode=train_autoencoder)
@@ -214,10 +215,11 @@ class Experiment:
                               f"parameterization={diffusion['parameterization']!r} feeds "
                               f"{wanted}: use a network that embeds it (unet, dit)")
 
-    def load_run(self, workdir: str, key: str):
+    def load_run(self, workdir: str, key: str, step: int | None = None):
         """The trained run in `workdir` as an objectives.Teacher, built from its config.json on
         this run's devices, with its sampling params (default EMA, newest good checkpoint).
-        key: the config field that named it, for errors."""
+        key: the config field that named it, for errors. step: None, the checkpoints its own
+        config.sampling names; 0, its newest good one; else that step."""
         import json
 
         from diffjax import config_lib, restore
@@ -233,6 +235,11 @@ class Experiment:
             saved = json.load(f)
         run_config = config_lib.merge_saved(self.config, saved, set())
         run_config.mesh = self.config.mesh
+        # The loaded run samples plainly (a run saved before autoguidance keeps ours otherwise).
+        run_config.sampling.guidance, run_config.sampling.guide_workdir = "classifier_free", ""
+        run_config.sampling.guide_checkpoint_step = 0
+        if step is not None:
+            run_config.sampling.checkpoint_steps = (step,) if step else ()
         run = Experiment(run_config, load_data=False)  # on this run's devices
         try:
             params, step = restore.sampling_params(run, path)
@@ -241,6 +248,61 @@ class Experiment:
         return Teacher(run.network, run.schedule, run.parameterization, params,
                        tuple(run.x_shape), run.conditioning.num_classes, run.generator().clip,
                        int(step), path, run_config)
+
+    def load_guide(self, sampling: settings.SamplingOptions | None = None):
+        """Autoguidance's guiding run (sampling.guide_workdir at guide_checkpoint_step, default
+        config.sampling) as an objectives.Teacher, loaded once. It must make the same x (shape
+        and codec), with the same conditioning and schedule; its network and parameterization
+        may differ (the Generator combines x0_hat, see Generator.guide_fn)."""
+        from diffjax import restore
+
+        s = sampling or self.sampling
+        where = (os.path.abspath(s.guide_workdir), s.guide_checkpoint_step)
+        if where in self._guides:
+            return self._guides[where]
+        key = "sampling.guide_workdir"
+        directory = os.path.join(where[0], "checkpoints")
+        if s.guide_checkpoint_step and os.path.isfile(os.path.join(where[0], "config.json")):
+            steps = []
+            if os.path.isdir(directory):
+                ckpt = restore.checkpointer(where[0])
+                try:
+                    steps = ckpt.steps()
+                finally:
+                    ckpt.close()
+            if s.guide_checkpoint_step not in steps:
+                raise ConfigError(f"config.sampling.guide_checkpoint_step="
+                                  f"{s.guide_checkpoint_step} is invalid: {directory} holds "
+                                  f"steps {steps} (0: the newest)")
+        guide = self.load_run(s.guide_workdir, key, s.guide_checkpoint_step)
+        bad = f"config.{key}={s.guide_workdir!r} is invalid for autoguidance:"
+        if tuple(guide.x_shape) != tuple(self.x_shape):
+            raise ConfigError(f"{bad} the guiding model makes x of shape {tuple(guide.x_shape)}, "
+                              f"this run's x is {tuple(self.x_shape)}; allowed: a guide of the "
+                              f"same image shape (config.data.image_size, config.codec)")
+        for field in ("codec.name", "conditioning.name", "diffusion.schedule"):
+            section, name = field.split(".")
+            ours, theirs = self.config[section][name], guide.config[section][name]
+            if ours != theirs:
+                raise ConfigError(f"{bad} the guiding model's config.{field}={theirs!r}, this "
+                                  f"run's is {ours!r}; allowed: a guide with the same {name}")
+        if guide.num_classes != self.conditioning.num_classes:
+            raise ConfigError(f"{bad} the guiding model is conditioned on {guide.num_classes} "
+                              f"classes, this run on {self.conditioning.num_classes}; allowed: "
+                              f"a guide with the same conditioning")
+        name = self.config.diffusion.schedule
+        ours = part_options(self.config, schedules.SCHEDULES, name)
+        theirs = part_options(guide.config, schedules.SCHEDULES, name)
+        if ours != theirs:
+            raise ConfigError(f"{bad} the guiding model's schedule config.diffusion.{name} is "
+                              f"{theirs}, this run's is {ours}; allowed: the same schedule")
+        for what in ("num_noise_inputs", "latent_dim"):
+            if getattr(guide.parameterization, what, 0) != getattr(self.parameterization, what, 0):
+                raise ConfigError(f"{bad} its parameterization "
+                                  f"{guide.parameterization.name!r} has another {what} than "
+                                  f"this run's {self.parameterization.name!r}")
+        self._guides[where] = guide
+        return guide
 
     def _num_devices(self) -> int | None:
         """The devices the run uses: the mesh's, or without one the count the config names."""
@@ -288,7 +350,8 @@ class Experiment:
                     f"config.sampling.ema_decays={tuple(s.ema_decays)} is invalid: {decay} is "
                     f"not an EMA rate this run keeps; allowed: {', '.join(map(str, kept))} "
                     f"(config.{self.ema_path}) or 0.0 (the raw params)")
-        if s.guidance_scale != 1.0 and not cond.supports_guidance:
+        classifier_free = s.guidance == "classifier_free"
+        if classifier_free and s.guidance_scale != 1.0 and not cond.supports_guidance:
             raise ConfigError(f"config.sampling.guidance_scale={s.guidance_scale} is invalid: "
                               f"guidance needs a conditioning with a null condition, e.g. "
                               f"config.conditioning.name='class_label'")
@@ -305,7 +368,7 @@ class Experiment:
             what = "for this dataset" if cond.text is None else "(ids of the sampling prompts)"
             raise ConfigError(f"config.sampling.labels={tuple(s.labels)} is invalid: labels must "
                               f"be in [0, {num_ids}) {what}; got {bad}")
-        if s.guidance_scale != 1.0 and not cond.guidance_trained:
+        if classifier_free and s.guidance_scale != 1.0 and not cond.guidance_trained:
             logging.warning("config.sampling.guidance_scale=%s but the conditioning never drops "
                             "to the null condition in training (its dropout is 0): the "
                             "unconditional model was never trained", s.guidance_scale)
@@ -386,13 +449,15 @@ class Experiment:
 
     def generator(self, sampling: settings.SamplingOptions | None = None, grid=None):
         """A Generator of this experiment's parts with `sampling` (default: config.sampling),
-        whose sampler is sampling.sampler with its options from config.sampling.<sampler>."""
+        whose sampler is sampling.sampler with its options from config.sampling.<sampler>; with
+        sampling.guidance='autoguidance', the guiding run loaded (load_guide)."""
         from diffjax.generator import Generator
 
         sampling = sampling or self.sampling
         sampler = SAMPLERS.get(sampling.sampler)
         options = part_options(self.config, SAMPLERS, sampling.sampler)
-        return Generator(self, sampling, grid or self.grid, sampler, options)
+        guide = self.load_guide(sampling) if sampling.guidance == "autoguidance" else None
+        return Generator(self, sampling, grid or self.grid, sampler, options, guide)
 
 
 def validate(config, devices: bool = True) -> Experiment:

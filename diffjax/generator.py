@@ -4,6 +4,7 @@ codec's space x, decoded to images and converted to uint8."""
 from __future__ import annotations
 
 import time
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -32,20 +33,52 @@ def _failed_solve(sampler: str, options) -> str:
             f"options in config.sampling.{sampler}")
 
 
+class GuidedParams(NamedTuple):
+    """The params the jitted sampling program takes under autoguidance: the main model's (one
+    tree, or an ensemble's tuple) and the guiding model's, both program arguments."""
+
+    main: Any
+    guide: Any
+
+
+def network_model_fn(network, parameterization, schedule, params):
+    """The conditional denoiser (x_t [B,H,W,C], t [B], cond, r=None) -> network output of a
+    network with its parameterization and schedule (see Generator.model_fn); params: one tree,
+    or a tuple/list of them (an ensemble: the mean of the members' outputs)."""
+    members = tuple(params) if isinstance(params, (tuple, list)) else (params,)
+
+    def model_fn(x_t, t, cond, r=None):
+        outputs = []
+        for member in members:
+            apply = lambda x, c, p=member: network.predict(  # noqa: E731
+                p, x, c, cond, train=False)
+            outputs.append(parameterization.network_output(apply, x_t, t, schedule, r=r))
+        return outputs[0] if len(outputs) == 1 else sum(outputs) / len(outputs)
+
+    return model_fn
+
+
 class Generator:
     """Draws images from a network's params, sharded over all devices.
 
     parts: any object with the typed parts network, schedule, parameterization, codec,
     conditioning and mesh (an Experiment has them). sampling: settings.SamplingOptions (guidance,
     labels, batch size, clipping); grid: the samplers' GridOptions; sampler: the registry Entry of
-    the sampler, sampler_options: its options."""
+    the sampler, sampler_options: its options. guide: with sampling.guidance='autoguidance', the
+    guiding run as an objectives.Teacher (Experiment.load_guide); its params travel into the
+    jitted program as an argument (GuidedParams), so callers pass only the main params."""
 
-    def __init__(self, parts, sampling, grid, sampler, sampler_options):
+    def __init__(self, parts, sampling, grid, sampler, sampler_options, guide=None):
         self.network, self.schedule = parts.network, parts.schedule
         self.parameterization, self.codec = parts.parameterization, parts.codec
         self.conditioning, self.mesh = parts.conditioning, parts.mesh
         self.sampler, self.sampler_options = sampler, sampler_options
         self.sampling, self.grid = sampling, grid
+        if sampling.guidance == "autoguidance" and guide is None:
+            raise ConfigError("config.sampling.guidance='autoguidance' needs the guiding run: "
+                              "build the Generator with Experiment.generator(), which loads "
+                              "config.sampling.guide_workdir")
+        self.guide = guide if sampling.guidance == "autoguidance" else None
         self.x_shape = tuple(parts.network.x_shape)
         n_dev = self.mesh.devices.size
         # Round the per-call batch up to a multiple of the device count.
@@ -62,24 +95,46 @@ class Generator:
         params: one param tree, or a tuple/list of them: a checkpoint ensemble, whose denoiser is
         the mean of the members' network outputs. Every converter to x0/eps is affine in the
         output at fixed (x_t, t), so this averages their x0 (and eps, score) predictions too."""
-        members = tuple(params) if isinstance(params, (tuple, list)) else (params,)
+        return network_model_fn(self.network, self.parameterization, self.schedule, params)
 
-        def model_fn(x_t, t, cond, r=None):
-            outputs = []
-            for member in members:
-                apply = lambda x, c, p=member: self.network.predict(  # noqa: E731
-                    p, x, c, cond, train=False)
-                outputs.append(self.parameterization.network_output(apply, x_t, t,
-                                                                    self.schedule, r=r))
-            return outputs[0] if len(outputs) == 1 else sum(outputs) / len(outputs)
+    def guide_fn(self, guide_params):
+        """The guiding model's conditional denoiser, its output re-expressed in this model's
+        parameterization: target(x0_hat, eps_hat) of the guide's own prediction, the output of
+        this parameterization whose x0_hat (and eps_hat) are the guide's. With the same
+        parameterization it is the guide's output itself (bit for bit). So autoguidance
+        extrapolates x0_hat, eps_hat and the score, whatever each model predicts."""
+        g = self.guide
+        guide_fn = network_model_fn(g.network, g.parameterization, g.schedule, guide_params)
+        if g.parameterization == self.parameterization:
+            return guide_fn
 
-        return model_fn
+        def reexpressed(x_t, t, cond, r=None):
+            alpha, sigma = self.schedule.alpha(t), self.schedule.sigma(t)
+            x0, eps = g.parameterization.x0_eps(x_t, guide_fn(x_t, t, cond, r=r), alpha, sigma)
+            return self.parameterization.target(x0, eps, alpha, sigma).astype(jnp.float32)
+
+        return reexpressed
+
+    def bundle(self, params):
+        """The params the jitted program takes: `params` with the guide's (GuidedParams) under
+        autoguidance, else `params` itself."""
+        if self.guide is None or isinstance(params, GuidedParams):
+            return params
+        return GuidedParams(params, self.guide.params)
 
     def denoiser(self, params, cond):
         """The sampler's denoiser (x_t, t, r=None) -> output: the model with classifier-free
         guidance (sampling.guidance_scale and interval) on `cond`, where the conditioning has a
-        null condition."""
+        null condition; or with autoguidance, the guiding model on the same `cond`.
+        params: the main params, or GuidedParams (the guide's as an argument; given only the
+        main params, the guide's are closed over as constants)."""
         s = self.sampling
+        params = self.bundle(params)
+        if isinstance(params, GuidedParams):
+            model_fn = self.model_fn(params.main)
+            return guidance.autoguidance(model_fn, self.guide_fn(params.guide), cond,
+                                         s.guidance_scale, self.schedule, s.guidance_sigma_min,
+                                         s.guidance_sigma_max, s.guidance_channels)
         model_fn = self.model_fn(params)
         if not self.conditioning.supports_guidance:
             return lambda x_t, t, r=None: model_fn(x_t, t, cond, r=r)
@@ -119,14 +174,14 @@ class Generator:
             fn = self._compile()
             labels = jax.device_put(np.zeros(self.batch, np.int32),
                                     parallel.batch_sharding(self.mesh))
-            self._fn = fn.lower(params, self.codec.params, jax.random.PRNGKey(0),
+            self._fn = fn.lower(self.bundle(params), self.codec.params, jax.random.PRNGKey(0),
                                 labels).compile()
         return time.perf_counter() - start
 
     @property
     def nfe(self) -> float | int | None:
         """Network evaluations per sample in the last call (each is two network passes where
-        classifier-free guidance is on)."""
+        classifier-free guidance or autoguidance is on)."""
         return self.last_nfe
 
     def labels_for(self, num_samples: int, seed: int = 0) -> np.ndarray:
@@ -160,7 +215,7 @@ class Generator:
                 chunk = labels[start:start + self.batch]
                 chunk = np.pad(chunk, (0, self.batch - len(chunk)))
                 key = jax.random.fold_in(jax.random.PRNGKey(seed), i)
-                images, nfe = self._fn(params, self.codec.params, key,
+                images, nfe = self._fn(self.bundle(params), self.codec.params, key,
                                        jax.device_put(chunk, parallel.batch_sharding(self.mesh)))
                 if int(nfe) < 0:
                     raise ConfigError(_failed_solve(self.sampler.name, self.sampler_options))

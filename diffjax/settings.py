@@ -20,6 +20,7 @@ from diffjax.training.optim import OptimOptions  # noqa: F401  (config.optim: th
 DTYPES = ("float32", "bfloat16")
 MASKS = ("center_box", "left_half", "random_pixels")
 AGGREGATES = ("min", "mean")
+GUIDANCES = ("classifier_free", "autoguidance")  # config.sampling.guidance
 
 
 def _at_least(obj, minimum: int, *fields: str) -> None:
@@ -87,7 +88,11 @@ class SamplingOptions:
     spacing: str = "uniform"           # uniform | leading | trailing | quadratic | karras
     rho: float = 7.0                   # karras spacing (EDM eq. 5)
     clip_denoised: bool = True         # clip x0 predictions to the codec's bounds
-    guidance_scale: float = 1.0        # classifier-free guidance w: 1 = conditional, 0 = uncond.
+    guidance: str = "classifier_free"  # classifier_free (the null condition) | autoguidance
+    guidance_scale: float = 1.0        # w. classifier_free: 1 = conditional, 0 = unconditional;
+    #                                    autoguidance: 1 = this model, 0 = the guiding model
+    guide_workdir: str = ""            # autoguidance: the guiding run (smaller / earlier model)
+    guide_checkpoint_step: int = 0     # autoguidance: its checkpoint step (0: its newest good)
     guidance_sigma_min: float = 0.0    # guide only where min < sigma/alpha <= max
     guidance_sigma_max: float = math.inf
     guidance_channels: int = 0         # guide only the first N output channels (0: all)
@@ -104,6 +109,15 @@ class SamplingOptions:
         _at_least(self, 1, "num_steps", "num_samples", "batch_size", "grid_samples")
         check(self.guidance_scale >= 0, "guidance_scale", self.guidance_scale,
               "must be >= 0 (1: the conditional model, 0: the unconditional one)")
+        choice("guidance", self.guidance, GUIDANCES)
+        check(self.guidance != "autoguidance" or bool(self.guide_workdir), "guide_workdir",
+              self.guide_workdir, "guidance='autoguidance' needs the guiding run's workdir "
+              "(a trained diffjax run: smaller, or an earlier checkpoint of this one)")
+        check(not self.guide_workdir or self.guidance == "autoguidance", "guide_workdir",
+              self.guide_workdir, "is used only with guidance='autoguidance'")
+        check(isinstance(self.guide_checkpoint_step, int) and self.guide_checkpoint_step >= 0,
+              "guide_checkpoint_step", self.guide_checkpoint_step,
+              "must be a checkpoint step >= 1 of the guiding run, or 0 for its newest")
         check(0 <= self.guidance_sigma_min < self.guidance_sigma_max, "guidance_sigma_min",
               self.guidance_sigma_min,
               f"need 0 <= guidance_sigma_min < guidance_sigma_max (={self.guidance_sigma_max})")

@@ -16,13 +16,17 @@ from diffjax.experiment import Experiment
 
 def sampling_tag(exp) -> str:
     """The sampler and its steps (or the ODE solver and tolerance), the spacing when not uniform,
-    the guidance scale when not 1, a hash of the prompts, and the params' choice: what makes
-    two sample sets (or evaluations) differ."""
+    the guidance scale when not 1 (with autoguidance '_ag<w>_guide<its workdir's name>-step<its
+    checkpoint step>', loading the guide if the Generator has not), a hash of the prompts, and
+    the params' choice: what makes two sample sets (or evaluations) differ."""
     s, o = exp.sampling, exp.sampler_options
     method = f"ode_{o.solver}_rtol{o.rtol:g}" if s.sampler == "ode" else f"{s.sampler}{s.num_steps}"
     if s.sampler != "ode" and s.spacing != "uniform":
         method += f"_{s.spacing}"
     cfg = f"_cfg{s.guidance_scale:g}" if s.guidance_scale != 1.0 else ""
+    if s.guidance == "autoguidance":
+        guide = os.path.basename(os.path.normpath(os.path.abspath(s.guide_workdir)))
+        cfg = f"_ag{s.guidance_scale:g}_guide{guide}-step{exp.load_guide().step}"
     if s.prompts:  # a short stable hash, so runs with other prompts keep their own files
         cfg += f"_prompts{zlib.crc32(json.dumps(list(s.prompts)).encode()):08x}"
     return f"{method}{cfg}{restore.params_tag(s)}"
