@@ -32,8 +32,8 @@ def extrapolate(strong: Callable, weak: Callable, guidance_scale: float, schedul
     w = 1 is the strong denoiser and w = 0 the weak one, everywhere (one network pass each).
     With an interval, guidance is applied only where sigma_lo < sigma(t) / alpha(t) <= sigma_hi
     (the VE-equivalent noise level, as in Kynkaanniemi et al. 2024, Sec. 3) and the strong
-    denoiser is used elsewhere; the weak pass is skipped (lax.cond) when no example needs it. channels > 0 guides only the first
-    `channels` output channels, the rest stay strong."""
+    denoiser is used elsewhere; the weak pass is skipped (lax.cond) when no example needs it.
+    channels > 0 guides only the first `channels` output channels, the rest stay strong."""
     w = float(guidance_scale)
     if w == 1.0:
         return strong
