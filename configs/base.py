@@ -33,7 +33,11 @@ def get_config() -> ml_collections.ConfigDict:
                                        parameterization="eps", sigma_data=0.5, latent_dim=100)
     # denoising (diffusion schedules) | flow_matching (interpolants), options in objective.<name>
     config.objective = plugins.section(plugins.KINDS["objective"], name="denoising")
-    config.ema = plugins.section(plugins.KINDS["ema"], name="fixed")
+    # fixed (constant rates) | power (EDM2's power-function profiles); snapshot_every: save the
+    # profiles every N steps to WORKDIR/ema_snapshots; sigma_rel: sample/evaluate the EMA of that
+    # width reconstructed from them (--mode=reconstruct_ema writes it)
+    config.ema = plugins.section(plugins.KINDS["ema"], name="fixed", snapshot_every=0,
+                                 sigma_rel=0.0)
     config.optim = plugins.settings_section(settings.OptimOptions)
     config.training = plugins.settings_section(settings.TrainingOptions)
     # sampler ddpm | ddim | euler | heun | dpmpp_2m | dpmpp_3m | pc | ode | flow_euler |

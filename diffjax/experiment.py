@@ -70,6 +70,20 @@ def _settings(cls, config, key: str, parts: Registry | None = None):
     return from_mapping(cls, values, key)
 
 
+def ema_posthoc_options(config) -> ema.PosthocOptions:
+    """config.ema.snapshot_every / sigma_rel, checked against the EMA they need (power)."""
+    section = _plain(config.ema)
+    options = from_mapping(ema.PosthocOptions, {k: section[k] for k in ema.SECTION_FIELDS
+                                                if k in section}, "ema")
+    for field in ema.SECTION_FIELDS:
+        value = getattr(options, field)
+        if value and section["name"] != "power":
+            raise ConfigError(f"config.ema.{field}={value} is invalid with config.ema.name="
+                              f"{section['name']!r}: post-hoc EMA needs EDM2's power-function "
+                              f"profiles; set config.ema.name='power'")
+    return options
+
+
 def configure_backend(config) -> None:
     """Applies config.mesh.cpu_devices (split a CPU host into N devices); it must run before
     JAX starts a backend, so launch.py calls it first. GPU/TPU backends ignore it."""
@@ -195,7 +209,8 @@ class Experiment:
                                self.conditioning, self.training.num_steps, tuple(self.x_shape),
                                self.load_run)
         self.objective = _build(OBJECTIVES, *selected(config, OBJECTIVES), ctx)
-        self.ema = _build(ema.EMAS, *selected(config, ema.EMAS))
+        self.ema = _build(ema.EMAS, *selected(config, ema.EMAS, ema.SECTION_FIELDS))
+        self.posthoc = ema_posthoc_options(config)
         if self.network.out_channels != self.x_shape[-1]:
             raise ConfigError(f"config.model.name={config.model.name!r} predicts "
                               f"{self.network.out_channels} channels, but x has "
@@ -343,6 +358,11 @@ class Experiment:
         validate = getattr(self.sampler_options, "validate", None)
         if validate is not None:  # a sampler's rules on the model it samples
             validate(self.schedule, self.parameterization, self.grid.num_steps)
+        if self.posthoc.sigma_rel and (s.ema_decays or s.checkpoint_steps):
+            raise ConfigError(f"config.ema.sigma_rel={self.posthoc.sigma_rel} picks a post-hoc "
+                              f"EMA at the newest snapshot; it cannot be combined with "
+                              f"config.sampling.ema_decays={tuple(s.ema_decays)} or "
+                              f"checkpoint_steps={tuple(s.checkpoint_steps)}: set those to ()")
         kept = self.ema.keys()
         for decay in s.ema_decays:
             if decay != 0.0 and decay not in kept:

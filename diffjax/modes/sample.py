@@ -29,7 +29,7 @@ def sampling_tag(exp) -> str:
         cfg = f"_ag{s.guidance_scale:g}_guide{guide}-step{exp.load_guide().step}"
     if s.prompts:  # a short stable hash, so runs with other prompts keep their own files
         cfg += f"_prompts{zlib.crc32(json.dumps(list(s.prompts)).encode()):08x}"
-    return f"{method}{cfg}{restore.params_tag(s)}"
+    return f"{method}{cfg}{restore.params_tag(s, restore.posthoc_sigma_rel(exp))}"
 
 
 def run_name(exp, step: int, prefix: str = "samples") -> str:
