@@ -63,9 +63,8 @@ PUBLISHED = {
     # more class-embedding row, the null label for guidance (4 * 192 wide).
     "imagenet64_adm.py": (295_904_454, 295.90e6, 0.01e6, -(3 * 192 * 9 + 3) + 4 * 192),
     # Nichol & Dhariwal 2021: the README's "cifar10_uncond_50M_500K.pt" (rounded to 10M).
-    # openai/improved-diffusion's UNetModel at its flags: 52,546,438 with learn_sigma; ours has
-    # 3 outputs, not 6.
-    "cifar10_iddpm.py": (52_546_438, 50e6, 10e6, -(3 * 128 * 9 + 3)),
+    # openai/improved-diffusion's UNetModel at its flags: 52,546,438 with learn_sigma, as ours.
+    "cifar10_iddpm.py": (52_546_438, 50e6, 10e6, 0),
     # EDM Table 7, config F (VP): 55.73M; NVlabs/edm SongUNet (DDPM++, channel_mult [2, 2, 2],
     # augment_dim 9) counts 55,733,891. Ours lacks the augmentation input (9 x 128, no bias) and
     # the 1x1 convs on the skip path of its 4 resampling blocks (resample_proj, 256 ch), and

@@ -301,7 +301,8 @@ class UNetOptions:
     """ch: base channels (a multiple of the 32 GroupNorm groups); ch_mult: channels per level
     (each level but the last halves the image); num_res_blocks per level; attn_resolutions: the
     heights with self-attention; num_heads, or head_channels > 0 (heads = channels //
-    head_channels, ADM); resblock_updown and use_scale_shift_norm: ADM's options."""
+    head_channels, ADM); resblock_updown and use_scale_shift_norm: ADM's options; learn_sigma:
+    also output iDDPM's variance v of C channels (extra output 'variance', eq. 15), as DiT's."""
 
     ch: int = 128
     ch_mult: tuple[int, ...] = (1, 2, 2, 2)
@@ -312,6 +313,7 @@ class UNetOptions:
     head_channels: int = -1
     resblock_updown: bool = False
     use_scale_shift_norm: bool = False
+    learn_sigma: bool = False
 
     def __post_init__(self):
         check(isinstance(self.ch, int) and self.ch > 0 and not self.ch % NORM_GROUPS, "ch",
@@ -329,6 +331,8 @@ class UNetOptions:
               "must be >= 1 when head_channels <= 0")
         check(isinstance(self.dropout, (int, float)) and 0.0 <= self.dropout < 1.0, "dropout",
               self.dropout, "must be in [0, 1)")
+        check(isinstance(self.learn_sigma, bool), "learn_sigma", self.learn_sigma,
+              "must be a bool")
 
 
 def check_unet_fits(options: UNetOptions, x_shape: tuple[int, int, int]) -> None:
@@ -372,10 +376,13 @@ def check_unet_fits(options: UNetOptions, x_shape: tuple[int, int, int]) -> None
 
 @NETWORKS.register("unet", options=UNetOptions)
 def build_unet(options: UNetOptions, spec: NetworkSpec) -> LinenNetwork:
-    """The DDPM/ADM U-Net for inputs of spec.x_shape, predicting as many channels, with a class
-    embedding (num_classes + 1 rows, the last the null label) when spec.num_classes > 0."""
+    """The DDPM/ADM U-Net for inputs of spec.x_shape, predicting as many channels (plus a
+    variance of as many with learn_sigma), with a class embedding (num_classes + 1 rows, the
+    last the null label) when spec.num_classes > 0."""
     check_unet_fits(options, spec.x_shape)
-    module = UNet(out_channels=spec.x_shape[-1], ch=options.ch,
+    channels = spec.x_shape[-1]
+    extras = {"extra_outputs": (("variance", channels),)} if options.learn_sigma else {}
+    module = UNet(out_channels=2 * channels if options.learn_sigma else channels, ch=options.ch,
                   ch_mult=tuple(options.ch_mult), num_res_blocks=options.num_res_blocks,
                   attn_resolutions=tuple(options.attn_resolutions),
                   dropout=float(options.dropout), num_heads=options.num_heads,
@@ -385,10 +392,10 @@ def build_unet(options: UNetOptions, spec: NetworkSpec) -> LinenNetwork:
                   dtype=DTYPES[spec.compute_dtype], text=spec.text)
     if spec.text is not None:  # the module takes the whole cond dict
         return LinenNetwork(module=module, x_shape=tuple(spec.x_shape),
-                            out_channels=spec.x_shape[-1], cond_key=None,
-                            init_cond=text_init_cond(spec.text),
+                            out_channels=channels, cond_key=None,
+                            init_cond=text_init_cond(spec.text), **extras,
                             num_noise_inputs=spec.num_noise_inputs, latent_dim=spec.latent_dim,
                             stochastic=options.dropout > 0)
     return LinenNetwork(module=module, x_shape=tuple(spec.x_shape),
-                        out_channels=spec.x_shape[-1], num_noise_inputs=spec.num_noise_inputs,
+                        out_channels=channels, num_noise_inputs=spec.num_noise_inputs, **extras,
                         latent_dim=spec.latent_dim, stochastic=options.dropout > 0)

@@ -43,11 +43,15 @@ def _has_variance(network) -> bool:
 
 def vlb_variance(exp) -> str:
     """The reverse variance of the VLB: config.likelihood.variance, or for 'auto' 'learned'
-    where the network outputs a variance, else the ddpm sampler's."""
+    where the network outputs a variance that its objective trains (L_hybrid's vlb_weight > 0;
+    DiT recipes output one that no loss trains), else the ddpm sampler's."""
     chosen = exp.likelihood.variance
     if chosen != "auto":
         return chosen
-    return "learned" if _has_variance(exp.network) else exp.repaint_options.variance
+    trained = getattr(getattr(exp.objective, "options", None), "vlb_weight", 0.0) > 0
+    if _has_variance(exp.network) and trained:
+        return "learned"
+    return exp.repaint_options.variance
 
 
 def ode_t_range(exp) -> tuple[float, float]:
