@@ -255,7 +255,8 @@ def run_name(exp, step: int) -> str:
     else:
         tag = f"vlb_{vlb_variance(exp)}"
     split = o.split.replace("[", "").replace("]", "").replace(":", "-").replace("%", "pct")
-    return (f"likelihood_step{step}_{tag}{restore.params_tag(exp.sampling)}_{split}"
+    params = restore.params_tag(exp.sampling, restore.posthoc_sigma_rel(exp))
+    return (f"likelihood_step{step}_{tag}{params}_{split}"
             f"_n{o.num_images}_seed{o.seed}")
 
 
