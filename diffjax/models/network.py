@@ -87,6 +87,11 @@ class Network:
         output = self.apply(params, x, noise_cond, cond, train, rng)
         return output[..., :self.out_channels] if self.extra_outputs else output
 
+    def project_params(self, params):
+        """The params after each optimizer update (the train step calls it), e.g. EDM2's forced
+        weight normalisation; default: unchanged."""
+        return params
+
     def split_output(self, output) -> tuple[jax.Array, dict[str, jax.Array]]:
         """output [B,H,W,out+extra] -> (the prediction [B,H,W,out], {extra name: [B,H,W,c]})."""
         main, start, extras = output[..., :self.out_channels], self.out_channels, {}

@@ -143,6 +143,7 @@ from diffjax.objectives import (  # noqa: E402,F401
     consistency_distillation,
     ddgan,
     denoising,
+    edm2,
     flow_matching,
     mean_flow,
     progressive_distillation,

@@ -1,5 +1,6 @@
-"""The network's optimizer: global-norm clipping, then Adam or AdamW on a warmup + constant or
-cosine learning-rate schedule (config.optim, typed as OptimOptions)."""
+"""The network's optimizer: global-norm clipping, then Adam or AdamW on a warmup + constant,
+cosine or inverse-square-root (EDM2) learning-rate schedule (config.optim, typed as
+OptimOptions)."""
 
 from __future__ import annotations
 
@@ -10,12 +11,14 @@ import optax
 from diffjax.options import OptionError, check, choice
 
 OPTIMIZERS = ("adam", "adamw")
-LR_DECAYS = ("constant", "cosine")
+LR_DECAYS = ("constant", "cosine", "rsqrt")
 
 
 @dataclasses.dataclass(frozen=True)
 class OptimOptions:
-    """config.optim: global-norm clip -> Adam or AdamW, linear warmup then constant or cosine."""
+    """config.optim: global-norm clip -> Adam or AdamW, linear warmup then constant, cosine or
+    rsqrt: EDM2's lr / sqrt(max(step / ref_steps, 1)) times the warmup ramp (Karras et al. 2024,
+    eq. 15; its t_ref, 70k steps at ImageNet-512)."""
 
     name: str = "adam"
     lr: float = 2e-4
@@ -24,8 +27,9 @@ class OptimOptions:
     eps: float = 1e-8
     weight_decay: float = 0.0     # adamw only (decoupled); > 0 with adam is an error
     warmup_steps: int = 5000
-    decay: str = "constant"       # constant | cosine (to lr * final_lr_frac at num_steps)
+    decay: str = "constant"       # constant | cosine (to lr * final_lr_frac at num_steps) | rsqrt
     final_lr_frac: float = 0.0
+    ref_steps: int = 0            # rsqrt only: the step the decay starts at (EDM2's t_ref)
     grad_clip: float = 1.0        # global-norm clip; 0 disables
 
     def __post_init__(self):
@@ -35,6 +39,10 @@ class OptimOptions:
         check(self.warmup_steps >= 0, "warmup_steps", self.warmup_steps, "must be >= 0")
         check(self.grad_clip >= 0, "grad_clip", self.grad_clip, "must be >= 0 (0 disables)")
         check(self.weight_decay >= 0, "weight_decay", self.weight_decay, "must be >= 0")
+        check(self.ref_steps >= 0, "ref_steps", self.ref_steps, "must be >= 0")
+        if self.decay == "rsqrt":
+            check(self.ref_steps >= 1, "ref_steps", self.ref_steps,
+                  "must be >= 1 with decay='rsqrt' (EDM2's t_ref: 70000 at ImageNet-512)")
         if self.weight_decay > 0 and self.name != "adamw":
             raise OptionError("weight_decay", self.weight_decay,
                               "is applied only by optim.name='adamw' (decoupled decay), not by "
@@ -43,8 +51,13 @@ class OptimOptions:
 
 def learning_rate_schedule(options: OptimOptions, num_steps: int) -> optax.Schedule:
     """Linear warmup over options.warmup_steps, then constant or cosine decay to
-    lr * final_lr_frac at num_steps."""
+    lr * final_lr_frac at num_steps; rsqrt: EDM2's schedule, the warmup ramp times
+    lr / sqrt(max(step / ref_steps, 1))."""
     o = options
+    if o.decay == "rsqrt":
+        from diffjax.objectives.edm2 import edm2_learning_rate
+
+        return edm2_learning_rate(o.lr, o.ref_steps, o.warmup_steps)
     warmup = optax.linear_schedule(0.0, o.lr, max(o.warmup_steps, 1))
     if o.decay == "constant":
         after = optax.constant_schedule(o.lr)

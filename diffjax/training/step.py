@@ -120,7 +120,7 @@ def make_train_step(network, objective, conditioning, codec, tx, ema, lr_fn,
         for name in state.objective.params:
             finite &= jnp.isfinite(optax.global_norm(grads[name]))
         updates, opt_state = tx.update(grads["network"], state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
+        params = network.project_params(optax.apply_updates(state.params, updates))
         new_objective = _update_objective(objective, group_txs, state, grads, params)
         nonfinite_count = jnp.where(finite, 0, state.nonfinite_count + 1)
         metrics = {"loss": loss, "grad_norm": grad_norm, "lr": lr_fn(state.step),
