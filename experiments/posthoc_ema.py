@@ -68,7 +68,7 @@ def main(argv=None) -> int:
         result = evaluate_workdir(exp)
         recipe = posthoc_ema.plan(exp.workdir, sigma_rel)
         rows.append({"sigma_rel": sigma_rel, "num_samples": args.num_samples,
-                     "fid": result["fid"], "kid": result["kid"], "step": result["step"],
+                     "fid": result["fid"], "kid": result["kid_mean"], "step": result["step"],
                      "snapshots": sum(1 for s in recipe["snapshots"] if s["coefficient"]),
                      "profile_error": recipe["profile_error"],
                      "seconds": time.time() - start - result["seconds_reference_statistics"],
