@@ -45,38 +45,57 @@ class FixedRateOptions:
         check(len(set(decays)) == len(decays), "decays", decays, "rates must be distinct")
 
 
+class PerKeyEMA:
+    """One EMA of the params per key, e_k = d_k e_(k-1) + (1 - d_k) p_k, one code path for one
+    key or several. The state is a tuple of param trees in the order of keys(); the first key is
+    the default. Subclasses give keys(), decay(step, key) and `allowed` (how the error names the
+    config field that lists the keys)."""
+
+    allowed = ""
+
+    def keys(self) -> tuple[float, ...]:
+        raise NotImplementedError
+
+    def decay(self, step, key: float):
+        raise NotImplementedError
+
+    def init(self, params) -> tuple:
+        return (params,) * len(self.keys())
+
+    def update(self, state: tuple, params, step) -> tuple:
+        def one(ema, key):
+            d = self.decay(step, key)
+            return jax.tree.map(lambda e, p: d * e + (1.0 - d) * p, ema, params)
+
+        return tuple(one(ema, key) for ema, key in zip(state, self.keys()))
+
+    @property
+    def default_key(self) -> float:
+        return self.keys()[0]
+
+    def params(self, state: tuple, key: float) -> Any:
+        """The EMA kept under `key` (one of keys())."""
+        if key not in self.keys():
+            raise ConfigError(f"config.sampling.ema_decays contains {key}, which this run does "
+                              f"not keep; allowed: {', '.join(map(str, self.keys()))} "
+                              f"{self.allowed}")
+        return state[self.keys().index(key)]
+
+
 @dataclasses.dataclass(frozen=True)
-class FixedRateEMA:
-    """e_k = d_k e_(k-1) + (1 - d_k) p_k for each rate, one code path for one rate or several.
-    The state is a tuple of param trees, one per rate, in the order of `decays`."""
+class FixedRateEMA(PerKeyEMA):
+    """Constant-rate EMAs, d_k = decay (with warmup: min(decay, (1 + k) / (10 + k))), one per
+    rate in `decays`; the keys are the rates."""
 
     decays: tuple[float, ...] = (0.9999,)
     warmup: bool = False
-
-    def init(self, params) -> tuple:
-        return (params,) * len(self.decays)
-
-    def update(self, state: tuple, params, step) -> tuple:
-        def one(ema, rate):
-            d = decay_at(step, rate, self.warmup)
-            return jax.tree.map(lambda e, p: d * e + (1.0 - d) * p, ema, params)
-
-        return tuple(one(ema, rate) for ema, rate in zip(state, self.decays))
+    allowed = "(config.ema.fixed.decays) or 0.0 (the raw params)"
 
     def keys(self) -> tuple[float, ...]:
         return self.decays
 
-    @property
-    def default_key(self) -> float:
-        return self.decays[0]
-
-    def params(self, state: tuple, key: float) -> Any:
-        """The EMA at rate `key` (one of `decays`)."""
-        if key not in self.decays:
-            raise ConfigError(f"config.sampling.ema_decays contains {key}, which this run does "
-                              f"not keep; allowed: {', '.join(map(str, self.decays))} "
-                              f"(config.ema.fixed.decays) or 0.0 (the raw params)")
-        return state[self.decays.index(key)]
+    def decay(self, step, key: float):
+        return decay_at(step, key, self.warmup)
 
 
 @EMAS.register("fixed", options=FixedRateOptions)
@@ -107,42 +126,19 @@ class PowerOptions:
 
 
 @dataclasses.dataclass(frozen=True)
-class PowerEMA:
-    """EDM2's power-function EMA: e_t = beta_t e_(t-1) + (1 - beta_t) p_t with
-    beta_t = (1 - 1/t)^(gamma + 1), one profile per sigma_rel (gamma from EDM2 eq. 3). The state
-    is a tuple of param trees in the order of `sigma_rels`; the keys are the sigma_rels."""
+class PowerEMA(PerKeyEMA):
+    """EDM2's power-function EMA: d_t = beta_t = (1 - 1/t)^(gamma + 1), one profile per
+    sigma_rel (gamma from EDM2 eq. 3); the keys are the sigma_rels."""
 
     sigma_rels: tuple[float, ...] = (0.05, 0.10)
-
-    @property
-    def gammas(self) -> tuple[float, ...]:
-        return tuple(float(power_ema.gamma_of_sigma_rel(s)) for s in self.sigma_rels)
-
-    def init(self, params) -> tuple:
-        return (params,) * len(self.sigma_rels)
-
-    def update(self, state: tuple, params, step) -> tuple:
-        def one(ema, gamma):
-            b = power_ema.beta(step, gamma)
-            return jax.tree.map(lambda e, p: b * e + (1.0 - b) * p, ema, params)
-
-        return tuple(one(ema, gamma) for ema, gamma in zip(state, self.gammas))
+    allowed = ("(config.ema.power.sigma_rels), 0.0 (the raw params), or another width post hoc "
+               "with config.ema.sigma_rel")
 
     def keys(self) -> tuple[float, ...]:
         return self.sigma_rels
 
-    @property
-    def default_key(self) -> float:
-        return self.sigma_rels[0]
-
-    def params(self, state: tuple, key: float) -> Any:
-        """The profile of width `key` (one of `sigma_rels`)."""
-        if key not in self.sigma_rels:
-            raise ConfigError(f"config.sampling.ema_decays contains {key}, which this run does "
-                              f"not keep; allowed: {', '.join(map(str, self.sigma_rels))} "
-                              f"(config.ema.power.sigma_rels), 0.0 (the raw params), or another "
-                              f"width post hoc with config.ema.sigma_rel")
-        return state[self.sigma_rels.index(key)]
+    def decay(self, step, key: float):
+        return power_ema.beta(step, float(power_ema.gamma_of_sigma_rel(key)))
 
 
 @EMAS.register("power", options=PowerOptions)
