@@ -114,10 +114,11 @@ def plan(workdir: str, sigma_rel: float, step: int = 0) -> dict:
                           for (s, w, p), c in zip(used, coefficients)]}
 
 
-def reconstruct(workdir: str, sigma_rel: float, like, step: int = 0):
+def reconstruct(workdir: str, sigma_rel: float, like, step: int = 0, recipe: dict | None = None):
     """(params tree shaped like `like`, plan dict): the sum over snapshots of coefficient x params,
-    accumulated in float64 one snapshot at a time."""
-    recipe = plan(workdir, sigma_rel, step)
+    accumulated in float64 one snapshot at a time. recipe: plan(workdir, sigma_rel, step) when
+    the caller has it."""
+    recipe = recipe or plan(workdir, sigma_rel, step)
     total = None
     for snap in recipe["snapshots"]:
         with np.load(snap["path"]) as f:
@@ -134,10 +135,11 @@ def reconstruction_path(workdir: str, sigma_rel: float, step: int) -> str:
     return os.path.join(workdir, RECONSTRUCTIONS, f"sigma_rel{sigma_rel:.4f}-step{step:08d}.npz")
 
 
-def write_reconstruction(workdir: str, sigma_rel: float, like, step: int = 0):
+def write_reconstruction(workdir: str, sigma_rel: float, like, step: int = 0,
+                         recipe: dict | None = None):
     """Reconstructs and writes WORKDIR/ema_posthoc/sigma_rel<s>-step<t>.npz (+ .json); returns
     (params, plan, path)."""
-    params, recipe = reconstruct(workdir, sigma_rel, like, step)
+    params, recipe = reconstruct(workdir, sigma_rel, like, step, recipe)
     path = reconstruction_path(workdir, sigma_rel, recipe["step"])
     if jax.process_index() == 0:
         os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -158,5 +160,5 @@ def load_or_reconstruct(workdir: str, sigma_rel: float, like, step: int = 0):
             if json.load(f)["snapshots"] == recipe["snapshots"]:
                 with np.load(path) as npz:
                     return _unflatten({k: npz[k] for k in npz.files}, like), recipe["step"]
-    params, recipe, _ = write_reconstruction(workdir, sigma_rel, like, step)
+    params, recipe, _ = write_reconstruction(workdir, sigma_rel, like, step, recipe)
     return params, recipe["step"]
