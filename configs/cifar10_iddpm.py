@@ -9,8 +9,7 @@ As theirs: learned reverse variances (`learn_sigma`: 6 output channels, the log-
 interpolation of eq. 15), L_hybrid = L_simple + 0.001 L_vlb (eq. 16; improved-diffusion's
 default RESCALED_MSE: the drawn step's VLB term x T / 1000) and ancestral sampling with the
 learned variance. What we lack: their network sees the rescaled step 1000 i / T, ours sees i;
-no importance-sampled L_vlb objective (the paper's L_vlb runs); sampling with the learned
-variance through the Generator needs it to pass the variance channels to the ddpm sampler.
+no importance-sampled L_vlb objective (the paper's L_vlb runs).
 """
 
 from configs import base

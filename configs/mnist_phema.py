@@ -1,7 +1,8 @@
-"""The default recipe (configs/default.py) trained on train[:90%] of the embedded digits, with
-EDM2's power-function EMA (sigma_rel 0.05 and 0.10) and its snapshots every 50 steps: one run
-that the post-hoc EMA sweep, the likelihood on the held-out train[90%:] and autoguidance (its
-step-400 checkpoint as the guide) all read. Every checkpoint is kept for that guide."""
+"""The default recipe (configs/default.py, 1,112,801 params) trained on train[:90%] of the
+embedded digits, with EDM2's power-function EMA (sigma_rel 0.05 and 0.10) and its snapshots every
+50 steps: one run that the post-hoc EMA sweep, the likelihood on the held-out train[90%:] and
+autoguidance (its step-400 checkpoint as the guide) all read. Every checkpoint is kept for that
+guide."""
 
 from configs import default
 

@@ -41,17 +41,18 @@ class GuidedParams(NamedTuple):
     guide: Any
 
 
-def network_model_fn(network, parameterization, schedule, params):
+def network_model_fn(network, parameterization, schedule, params, with_extras: bool = False):
     """The conditional denoiser (x_t [B,H,W,C], t [B], cond, r=None) -> network output of a
     network with its parameterization and schedule (see Generator.model_fn); params: one tree,
-    or a tuple/list of them (an ensemble: the mean of the members' outputs)."""
+    or a tuple/list of them (an ensemble: the mean of the members' outputs). with_extras keeps
+    the network's extra channels (e.g. a learned variance) after the prediction's C."""
     members = tuple(params) if isinstance(params, (tuple, list)) else (params,)
+    fn = network.apply if with_extras else network.predict
 
     def model_fn(x_t, t, cond, r=None):
         outputs = []
         for member in members:
-            apply = lambda x, c, p=member: network.predict(  # noqa: E731
-                p, x, c, cond, train=False)
+            apply = lambda x, c, p=member: fn(p, x, c, cond, train=False)  # noqa: E731
             outputs.append(parameterization.network_output(apply, x_t, t, schedule, r=r))
         return outputs[0] if len(outputs) == 1 else sum(outputs) / len(outputs)
 
@@ -74,6 +75,8 @@ class Generator:
         self.conditioning, self.mesh = parts.conditioning, parts.mesh
         self.sampler, self.sampler_options = sampler, sampler_options
         self.sampling, self.grid = sampling, grid
+        # A sampler that reads the network's variance output (ddpm variance='learned').
+        self.with_extras = bool(getattr(sampler_options, "uses_variance_output", False))
         if sampling.guidance == "autoguidance" and guide is None:
             raise ConfigError("config.sampling.guidance='autoguidance' needs the guiding run: "
                               "build the Generator with Experiment.generator(), which loads "
@@ -95,7 +98,8 @@ class Generator:
         params: one param tree, or a tuple/list of them: a checkpoint ensemble, whose denoiser is
         the mean of the members' network outputs. Every converter to x0/eps is affine in the
         output at fixed (x_t, t), so this averages their x0 (and eps, score) predictions too."""
-        return network_model_fn(self.network, self.parameterization, self.schedule, params)
+        return network_model_fn(self.network, self.parameterization, self.schedule, params,
+                                self.with_extras)
 
     def guide_fn(self, guide_params):
         """The guiding model's conditional denoiser, its output re-expressed in this model's
@@ -122,6 +126,15 @@ class Generator:
             return params
         return GuidedParams(params, self.guide.params)
 
+    @property
+    def guided_channels(self) -> int:
+        """The output channels guidance extrapolates: sampling.guidance_channels, or with the
+        variance channels passed (with_extras) only the prediction's, as GLIDE and DiT guide eps
+        and take the variance from the conditional pass; 0: all."""
+        if self.with_extras and not self.sampling.guidance_channels:
+            return self.x_shape[-1]
+        return self.sampling.guidance_channels
+
     def denoiser(self, params, cond):
         """The sampler's denoiser (x_t, t, r=None) -> output: the model with classifier-free
         guidance (sampling.guidance_scale and interval) on `cond`, where the conditioning has a
@@ -134,13 +147,13 @@ class Generator:
             model_fn = self.model_fn(params.main)
             return guidance.autoguidance(model_fn, self.guide_fn(params.guide), cond,
                                          s.guidance_scale, self.schedule, s.guidance_sigma_min,
-                                         s.guidance_sigma_max, s.guidance_channels)
+                                         s.guidance_sigma_max, self.guided_channels)
         model_fn = self.model_fn(params)
         if not self.conditioning.supports_guidance:
             return lambda x_t, t, r=None: model_fn(x_t, t, cond, r=r)
         return guidance.classifier_free(model_fn, cond, self.conditioning.null(cond),
                                         s.guidance_scale, self.schedule, s.guidance_sigma_min,
-                                        s.guidance_sigma_max, s.guidance_channels)
+                                        s.guidance_sigma_max, self.guided_channels)
 
     @property
     def clip(self):

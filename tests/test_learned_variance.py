@@ -179,3 +179,30 @@ def test_an_l_hybrid_unet_run_is_scored_by_both_bounds(data_dir, tmp_path):
         saved = json.load(f)
     assert saved["bound"] == "ode" and saved["dequantization"] == "uniform"
     assert saved["nfe"] > 0 and len(saved["per_image"]) == 4 and saved["bits_per_dim"] > 0
+
+
+@pytest.mark.parametrize("v, fixed", [(1.0, "large"), (-1.0, "small")])
+def test_the_generator_samples_a_unet_with_its_learned_variance(data_dir, v, fixed):
+    """config.sampling.ddpm.variance='learned' end to end: a learn_sigma U-Net whose variance
+    head is the constant v draws, through the Generator, the samples of the fixed-variance
+    sampler that v selects (eq. 15's ends), same seed, on a 10-step respaced grid."""
+    from conftest import tiny_config
+
+    from diffjax.experiment import Experiment
+
+    config = tiny_config(data_dir, **{"model.unet.learn_sigma": True,
+                                      "sampling.num_steps": 10, "sampling.batch_size": 4})
+    exp = Experiment(config, "", load_data=False)
+    params = exp.network.init(jax.random.PRNGKey(0))
+    out = params["conv_out"]
+    kernel = 0.3 * jax.random.normal(jax.random.PRNGKey(1), out["kernel"].shape)
+    params["conv_out"] = {"kernel": kernel.at[..., 1:].set(0.0),
+                          "bias": out["bias"].at[1:].set(v)}
+
+    def draw(variance):
+        config.sampling.ddpm.variance = variance
+        return Experiment(config, "", load_data=False).generator().sample(params, 4, seed=3)[0]
+
+    learned, reference = draw("learned"), draw(fixed)
+    assert np.abs(learned.astype(int) - reference.astype(int)).max() <= 1  # uint8 rounding
+    assert np.abs(learned.astype(int) - draw("small" if fixed == "large" else "large")).max() > 8

@@ -28,6 +28,7 @@ from diffjax.core import likelihood as lik
 from diffjax.core import vlb
 from diffjax.errors import ConfigError
 from diffjax.experiment import Experiment
+from diffjax.generator import network_model_fn
 from diffjax.samplers import ode
 from diffjax.samplers.grids import sigma_ve, t_from_sigma_ve
 from diffjax.samplers.prediction import Prediction, initial_x
@@ -118,18 +119,9 @@ def check_likelihood(exp) -> None:
 def _model_output(exp, params, cond, with_extras: bool):
     """(x_t, t [B]) -> the network's output through the parameterization (c_in, c_noise),
     averaged over an ensemble's members; with_extras keeps the extra channels (the variance)."""
-    members = tuple(params) if isinstance(params, (tuple, list)) else (params,)
-    net = exp.network
-
-    def output(x_t, t):
-        outs = []
-        for member in members:
-            fn = net.apply if with_extras else net.predict
-            apply = lambda x, c, p=member: fn(p, x, c, cond, train=False)  # noqa: E731
-            outs.append(exp.parameterization.network_output(apply, x_t, t, exp.schedule))
-        return outs[0] if len(outs) == 1 else sum(outs) / len(outs)
-
-    return output
+    model_fn = network_model_fn(exp.network, exp.parameterization, exp.schedule, params,
+                                with_extras)
+    return lambda x_t, t: model_fn(x_t, t, cond)
 
 
 def ode_nll(schedule, parameterization, denoiser, options, t_min: float, t_max: float,

@@ -32,6 +32,12 @@ class DDPMOptions:
         choice("variance", self.variance, DDPM_VARIANCES)
         check(self.temperature >= 0, "temperature", self.temperature, "must be >= 0")
 
+    @property
+    def uses_variance_output(self) -> bool:
+        """Whether the denoiser must return the network's variance channels after its
+        prediction (the Generator then passes them, unguided)."""
+        return self.variance == "learned"
+
 
 @dataclasses.dataclass(frozen=True)
 class DDIMOptions:

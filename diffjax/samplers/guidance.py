@@ -33,7 +33,8 @@ def extrapolate(strong: Callable, weak: Callable, guidance_scale: float, schedul
     With an interval, guidance is applied only where sigma_lo < sigma(t) / alpha(t) <= sigma_hi
     (the VE-equivalent noise level, as in Kynkaanniemi et al. 2024, Sec. 3) and the strong
     denoiser is used elsewhere; the weak pass is skipped (lax.cond) when no example needs it.
-    channels > 0 guides only the first `channels` output channels, the rest stay strong."""
+    channels > 0 guides only the first `channels` output channels, the rest stay strong (the weak
+    denoiser needs only those: e.g. a learned variance comes from the strong one alone)."""
     w = float(guidance_scale)
     if w == 1.0:
         return strong
@@ -48,10 +49,11 @@ def extrapolate(strong: Callable, weak: Callable, guidance_scale: float, schedul
 
         def guided():
             out_weak = weak(x_t, t, r)
-            out = out_weak + w * (out_strong - out_weak)
-            if channels:
-                out = jnp.concatenate([out[..., :channels], out_strong[..., channels:]], -1)
-            return out
+            if not channels:
+                return out_weak + w * (out_strong - out_weak)
+            head_weak, head_strong = out_weak[..., :channels], out_strong[..., :channels]
+            head = head_weak + w * (head_strong - head_weak)
+            return jnp.concatenate([head, out_strong[..., channels:]], -1)
 
         if not interval:
             return guided()
