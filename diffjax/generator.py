@@ -13,6 +13,7 @@ import numpy as np
 from diffjax import parallel, samplers
 from diffjax.codecs import to_uint8
 from diffjax.errors import ConfigError
+from diffjax.progress import bar as progress_bar
 from diffjax.samplers import guidance
 
 
@@ -202,27 +203,25 @@ class Generator:
         return self.conditioning.labels_for(num_samples, seed, tuple(self.sampling.labels))
 
     def sample(self, params, num_samples: int, seed: int = 0, labels=None,
-               progress: bool = False):
+               progress: bool | str = False):
         """Returns (uint8 images [num_samples, H, W, C] numpy, NFE per sample).
 
         labels: [num_samples] int, or None for sampling.labels (or random labels).
-        progress: show a tqdm bar of images done (process 0 only)."""
+        progress: show a bar of images done with its ETA (process 0 only); a string names it."""
         out = list(self.iter_samples(params, num_samples, seed, labels, progress))
         return np.concatenate(out), self.nfe
 
     def iter_samples(self, params, num_samples: int, seed: int = 0, labels=None,
-                     progress: bool = False):
+                     progress: bool | str = False):
         """Yields the images of `sample` batch by batch (uint8 [<= batch, H, W, C] numpy), so that
         large sample counts (e.g. 50k for FID) need not be held in memory at once. Batch i uses
         the key fold_in(PRNGKey(seed), i), so samples are reproducible from the seed."""
-        from tqdm import tqdm
-
         self.compile(params)
         labels = self.labels_for(num_samples, seed) if labels is None else labels
         labels = np.asarray(labels, np.int32)
         nfes = []
-        bar = tqdm(total=num_samples, unit="img", dynamic_ncols=True,
-                   disable=not progress or jax.process_index() != 0)
+        name = progress if isinstance(progress, str) else "sample"
+        bar = progress_bar(num_samples, "img", name, enabled=bool(progress))
         try:
             for i, start in enumerate(range(0, num_samples, self.batch)):
                 chunk = labels[start:start + self.batch]

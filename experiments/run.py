@@ -58,7 +58,12 @@ def run_sweep(sweep: sweep_lib.Sweep, runs_dir: str, executor: Executor = execut
     sweep goes on with the next one."""
     points = sweep_lib.expand(sweep, runs_dir)
     report: dict[str, list[str]] = {"trained": [], "evaluated": [], "skipped": [], "failed": []}
+    ran_seconds, ran = 0.0, 0
     for i, point in enumerate(points, 1):
+        if ran:
+            eta = ran_seconds / ran * (len(points) - i + 1)
+            print(f"sweep: {i - 1}/{len(points)} points done, ETA {eta / 60:.0f} min "
+                  f"({ran_seconds / ran / 60:.1f} min per point run so far)", flush=True)
         state = sweep_lib.status(sweep, point)
         label = f"[{i}/{len(points)}] {point.hash} {point.varying}"
         if state["eval_path"]:
@@ -70,6 +75,7 @@ def run_sweep(sweep: sweep_lib.Sweep, runs_dir: str, executor: Executor = execut
         stages = [("evaluation", "eval", sweep_lib.eval_command, "evaluated")]
         if not state["trained"]:
             stages.insert(0, ("training", "train", sweep_lib.train_command, "trained"))
+        point_start = time.time()
         for what, short, command, outcome in stages:
             print(f"{label}: {what} in {point.workdir}", flush=True)
             log = os.path.join(point.workdir, f"{short}.log")
@@ -81,6 +87,7 @@ def run_sweep(sweep: sweep_lib.Sweep, runs_dir: str, executor: Executor = execut
                 report["failed"].append(point.hash)
                 break
             report[outcome].append(point.hash)
+        ran_seconds, ran = ran_seconds + time.time() - point_start, ran + 1
     return report
 
 

@@ -46,7 +46,7 @@ BAD_CONFIGS = [
     (["--config.conditioning.name=class_label", "--config.conditioning.class_label.dropout=1.5"],
      "config.conditioning.class_label.dropout=1.5 is invalid: must be in [0, 1)"),
     (["--config.eval.metrics=('fid','fd_dino')"], "config.eval.metrics='fd_dino' is unknown; "
-     "allowed: fid, kid, inception_score, precision_recall"),
+     "allowed: fid, kid, inception_score, precision_recall, copy_rate"),
     (["--config.sampling.spacing=log"], "config.sampling.spacing='log' is unknown; allowed: "
      "uniform"),
     (["--config.optim.name=sgdd"], "config.optim.name='sgdd' is unknown; allowed: adam, adamw"),

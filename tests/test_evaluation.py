@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -143,6 +144,28 @@ def test_precision_recall_equal_brute_force_and_closed_forms():
     assert metrics.precision_recall(real, real + 100.0) == {"precision": 0.0, "recall": 0.0}
 
 
+def test_copy_rate_equals_brute_force_and_counts_near_copies():
+    from scipy.spatial.distance import cdist
+
+    rng = np.random.default_rng(0)
+    train = rng.uniform(size=(400, 16)).astype(np.float32)
+    fresh = rng.uniform(size=(2000, 16)).astype(np.float32)
+    copies = train[:100] + rng.normal(scale=1e-3, size=(100, 16)).astype(np.float32)
+    within = cdist(train, train) + np.diag(np.full(len(train), np.inf))
+    threshold = np.percentile(within.min(axis=1), 5.0)
+    samples = np.concatenate([copies, fresh])
+    brute = np.mean(cdist(samples, train).min(axis=1) < threshold)
+    ours = metrics.copy_rate(train, samples, 5.0, block=128)
+    assert ours["copy_threshold"] == pytest.approx(threshold, rel=1e-5)
+    assert ours["copy_rate"] == pytest.approx(brute)
+    assert metrics.copy_rate(train, copies)["copy_rate"] == 1.0
+    # fresh draws of the training distribution are near copies about as often as training
+    # images are of each other: 5%
+    assert 0.03 < metrics.copy_rate(train, fresh)["copy_rate"] < 0.08
+    with pytest.raises(ValueError, match="percentile=100 must lie in"):
+        metrics.copy_rate(train, fresh, 100)
+
+
 def test_paper_protocol_aggregates_the_best_seed_or_the_mean():
     from diffjax.modes.evaluate import aggregate
 
@@ -163,7 +186,7 @@ def test_launch_eval_writes_fid_kid_json_and_periodic_fid_during_training(data_d
         "--config.eval.reference_num_images=8",
         f"--config.eval.reference_dir={ref_dir}",
         "--config.eval.kid.subsets=3",
-        "--config.eval.metrics=('fid','kid','inception_score','precision_recall')",
+        "--config.eval.metrics=('fid','kid','inception_score','precision_recall','copy_rate')",
         "--config.eval.train_num_samples=4",
     ]
     train = launch(
@@ -177,6 +200,8 @@ def test_launch_eval_writes_fid_kid_json_and_periodic_fid_during_training(data_d
     )
     assert train.returncode == 0, train.stderr[-3000:]
     assert "step 2: FID@4 = " in train.stdout and "biased upward" in train.stdout
+    # every long step shows a bar with its count (and an ETA) on stderr
+    assert re.search(r"reference statistics: 100%.*\b8/8\b", train.stderr), train.stderr[-2000:]
     with open(os.path.join(workdir, "eval", "fid_during_training.jsonl")) as f:
         assert json.loads(f.readline())["step"] == 2
 
@@ -194,6 +219,7 @@ def test_launch_eval_writes_fid_kid_json_and_periodic_fid_during_training(data_d
         data_dir=data_dir,
     )
     assert out.returncode == 0, out.stderr[-3000:]
+    assert re.search(r"eval: sample \+ features, seed 1: 100%.*\b8/8\b", out.stderr)
     path = os.path.join(workdir, "eval", "eval_step2_ddim3_karras_n8_seeds0-1_mean.json")
     with open(path) as f:
         result = json.load(f)
@@ -202,6 +228,7 @@ def test_launch_eval_writes_fid_kid_json_and_periodic_fid_during_training(data_d
     assert result["fid"] == pytest.approx(np.mean([r["fid"] for r in result["per_seed"]]))
     assert result["fid"] > 0 and result["kid_subset_size"] == 8 and result["kid_subsets"] == 3
     assert 0 <= result["precision"] <= 1 and result["reference"]["num_images"] == 8
+    assert 0 <= result["copy_rate"] <= 1 and result["copy_threshold"] > 0
     assert os.path.isfile(result["reference"]["path"]) and result["reference"]["path"].startswith(
         ref_dir
     )

@@ -37,9 +37,12 @@ def set_statistics(
                 "num_images": None,
                 "features": stored.get("features"),
             }
+    from diffjax import progress
+
     images = stats_io.ImageSet(path)
-    result = features.summarise(extractor.iter_batches(images.batches(extractor.batch_size)),
-                                keep_features, keep_logits)
+    with progress.bar(images.num_images, "img", f"features of {path}") as bar:
+        result = features.summarise(extractor.iter_batches(images.batches(extractor.batch_size)),
+                                    keep_features, keep_logits, bar)
     result["num_images"] = result.pop("num")
     return result
 

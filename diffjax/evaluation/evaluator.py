@@ -4,7 +4,7 @@ names (diffjax.evaluation.scores)."""
 from __future__ import annotations
 
 import time
-from typing import Iterable
+from typing import Iterable, Iterator
 
 import numpy as np
 
@@ -29,6 +29,7 @@ class Evaluator:
             params, mesh, eval_options.batch_size, eval_options.preprocessing
         )
         self._reference: dict | None = None
+        self._pixels: np.ndarray | None = None
 
     @property
     def has_head(self) -> bool:
@@ -43,6 +44,13 @@ class Evaluator:
             )
         return self._reference
 
+    @property
+    def reference_pixels(self) -> np.ndarray:
+        """[N, H*W*C] float32 in [0, 1]: the reference images, for pixel-space metrics."""
+        if self._pixels is None:
+            self._pixels = reference.reference_pixels(self.data_options, self.eval_options)
+        return self._pixels
+
     def _usable(self, names) -> dict:
         """The metrics of `names` that these weights can compute (IS needs the fc head)."""
         return {n: self.metrics[n] for n in names
@@ -54,12 +62,20 @@ class Evaluator:
         chosen = self._usable(self.metrics if names is None else names)
         keep = any(m.needs_features for m in chosen.values())
         want_logits = any(m.needs_logits for m in chosen.values())
+        want_pixels = any(m.needs_pixels for m in chosen.values())
         start = time.time()
+        pixels: list[np.ndarray] = []
+        if want_pixels:
+            image_batches = _kept(image_batches, pixels)
         generated = features.summarise(self.extractor.iter_batches(image_batches), keep,
                                        want_logits)
+        ref = self.reference
+        if want_pixels:
+            generated["pixels"] = np.concatenate(pixels)
+            ref = {**ref, "pixels": self.reference_pixels}
         result = {"num_samples": generated["num"]}
         for metric in chosen.values():
-            result.update(metric.score(generated, self.reference))
+            result.update(metric.score(generated, ref))
         result["seconds"] = time.time() - start  # sampling, features and metrics
         return result
 
@@ -81,3 +97,11 @@ class Evaluator:
                 "path": ref["path"],
             },
         }
+
+
+def _kept(batches: Iterable[np.ndarray], store: list) -> Iterator[np.ndarray]:
+    """Yields uint8 [n, H, W, C] `batches`, appending each as float32 [n, H*W*C] in [0, 1] to
+    `store`."""
+    for batch in batches:
+        store.append(np.asarray(batch, np.float32).reshape(len(batch), -1) / 255.0)
+        yield batch

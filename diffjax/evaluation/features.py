@@ -119,15 +119,18 @@ class InceptionExtractor:
 
 
 def summarise(outputs: Iterable[dict[str, np.ndarray]], keep_features: bool = False,
-              keep_logits: bool = False) -> dict:
+              keep_logits: bool = False, bar=None) -> dict:
     """Streams extractor outputs ({'pool3': [n, 2048], 'logits_unbiased': [n, 1008] where the
     weights have the head}) into {'mu': [2048] float64, 'sigma': [2048, 2048] float64, 'num': N},
-    plus 'features' [N, 2048] and 'logits' [N, 1008] float32 when kept (and available)."""
+    plus 'features' [N, 2048] and 'logits' [N, 1008] float32 when kept (and available).
+    bar: a progress bar (diffjax.progress.bar) advanced by each output's image count."""
     from diffjax.evaluation import metrics
 
     stats, pool3, logits = metrics.FeatureStats(), [], []
     for out in outputs:
         stats.update(out["pool3"])
+        if bar is not None:
+            bar.update(len(out["pool3"]))
         if keep_features:
             pool3.append(out["pool3"])
         if keep_logits and "logits_unbiased" in out:

@@ -253,3 +253,32 @@ def precision_recall(
     precision = inside_balls(fake, real, knn_radii(real, k, block), block).mean()
     recall = inside_balls(real, fake, knn_radii(fake, k, block), block).mean()
     return {"precision": float(precision), "recall": float(recall)}
+
+
+@jax.jit
+def _nearest(rows, manifold):
+    """[b] smallest squared distance of each row to the manifold."""
+    return jnp.min(_sq_distances(rows, manifold), axis=1)
+
+
+def nearest_distances(probes: np.ndarray, manifold: np.ndarray, block: int = 1000) -> np.ndarray:
+    """[p] Euclidean distance from each row of probes [p, d] to its nearest row of manifold."""
+    on_device = jnp.asarray(manifold, jnp.float32)
+    out = [np.asarray(_nearest(rows, on_device))[:n]
+           for n, rows in _row_blocks(np.asarray(probes, np.float32), block)]
+    return np.sqrt(np.concatenate(out))
+
+
+def copy_rate(train: np.ndarray, samples: np.ndarray, percentile: float = 5.0,
+              block: int = 1000) -> dict[str, float]:
+    """The share of samples [m, d] closer (Euclidean, e.g. flattened pixels) to their nearest
+    training row than `percentile` % of the training rows [n, d] are to their nearest other
+    training row: near-copies of the training set. A model that memorises scores 1, one that
+    samples the data distribution itself about percentile / 100."""
+    if not 0 < percentile < 100:
+        raise ValueError(f"percentile={percentile} must lie in (0, 100)")
+    train = np.asarray(train, np.float32)
+    threshold = float(np.percentile(np.sqrt(knn_radii(train, 1, block)), percentile))
+    nearest = nearest_distances(samples, train, block)
+    return {"copy_rate": float(np.mean(nearest < threshold)), "copy_threshold": threshold,
+            "nn_distance_median": float(np.median(nearest))}

@@ -17,9 +17,9 @@ from typing import Iterator
 import jax
 import numpy as np
 
-from diffjax import data
+from diffjax import data, progress
 from diffjax.errors import DataError
-from diffjax.evaluation import metrics, stats_io
+from diffjax.evaluation import features, stats_io
 
 CACHE_SUBDIR = "diffjax_fid_stats"
 
@@ -99,12 +99,10 @@ def reference_statistics(data_options, eval_options, extractor, weights_name: st
     if jax.process_index() == 0:
         print(f"computing reference statistics of {d.name} {d.split} "
               f"({num_images} images) into {path}", flush=True)
-    stats, features = metrics.FeatureStats(), []
     batches = _image_batches(source, num_images, d.image_size, extractor.batch_size)
-    for out in extractor.iter_batches(batches):
-        stats.update(out["pool3"])
-        features.append(out["pool3"])
-    result = {"mu": stats.mu, "sigma": stats.sigma, "features": np.concatenate(features)}
+    with progress.bar(num_images, "img", "reference statistics") as bar:
+        summary = features.summarise(extractor.iter_batches(batches), True, bar=bar)
+    result = {k: summary[k] for k in ("mu", "sigma", "features")}
     if jax.process_index() == 0:
         stats_io.save_stats(
             path,
@@ -114,3 +112,14 @@ def reference_statistics(data_options, eval_options, extractor, weights_name: st
             num_images=np.int64(num_images),
         )
     return {**result, "num_images": num_images, "path": path}
+
+
+def reference_pixels(data_options, eval_options) -> np.ndarray:
+    """[N, H*W*C] float32 in [0, 1]: the reference images themselves (the same N images of the
+    split that reference_statistics describes), for pixel-space metrics."""
+    d = data_options
+    source, _ = data.load_source(d.name, d.split, d.data_dir)
+    limit = eval_options.reference_num_images
+    num_images = len(source) if limit <= 0 else min(limit, len(source))
+    images = np.concatenate(list(_image_batches(source, num_images, d.image_size, 1000)))
+    return images.reshape(len(images), -1).astype(np.float32) / 255.0

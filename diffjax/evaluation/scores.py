@@ -17,11 +17,13 @@ METRICS = Registry("metric", "eval.metrics", "eval")
 
 
 class Metric:
-    """generated: {'mu', 'sigma', 'num'} plus 'features' [N, 2048] / 'logits' [N, 1008]
-    as needed; reference: {'mu', 'sigma', 'features'}. score() returns {name: value}."""
+    """generated: {'mu', 'sigma', 'num'} plus 'features' [N, 2048] / 'logits' [N, 1008] /
+    'pixels' [N, H*W*C] (float32 in [0, 1]) as needed; reference: {'mu', 'sigma', 'features'}
+    plus 'pixels' of the reference images when needed. score() returns {name: value}."""
 
     needs_features: bool = False
     needs_logits: bool = False
+    needs_pixels: bool = False
 
     def score(self, generated: dict, reference: dict) -> dict:
         raise NotImplementedError
@@ -105,7 +107,29 @@ class PrecisionRecall(Metric):
                                         self.options.k)
 
 
+@dataclasses.dataclass(frozen=True)
+class CopyRateOptions:
+    """Near-copies of the training images in pixel space: samples nearer their nearest training
+    image (L2) than `percentile` % of the training images are to their own nearest neighbour."""
+
+    percentile: float = 5.0
+
+    def __post_init__(self):
+        check(0 < self.percentile < 100, "percentile", self.percentile, "must lie in (0, 100)")
+
+
+class CopyRate(Metric):
+    needs_pixels = True
+
+    def __init__(self, options: CopyRateOptions):
+        self.options = options
+
+    def score(self, generated, reference):
+        return metrics.copy_rate(reference["pixels"], generated["pixels"], self.options.percentile)
+
+
 METRICS.register("fid")(lambda options: FID())
 METRICS.register("kid", options=KIDOptions)(KID)
 METRICS.register("inception_score", options=InceptionScoreOptions)(InceptionScore)
 METRICS.register("precision_recall", options=PrecisionRecallOptions)(PrecisionRecall)
+METRICS.register("copy_rate", options=CopyRateOptions)(CopyRate)

@@ -51,7 +51,8 @@ def evaluate_workdir(exp) -> dict:
     shown: list[np.ndarray] = []  # the first scored images of the first seed, for a grid
     for seed in seeds:
         clock = [0.0]
-        batches = _timed(gen.iter_samples(params, ev.num_samples, seed=seed), clock)
+        batches = _timed(gen.iter_samples(params, ev.num_samples, seed=seed,
+                                          progress=f"eval: sample + features, seed {seed}"), clock)
         if seed == seeds[0]:
             batches = _keep_first(batches, shown, s.grid_samples)
         scores = evaluator.score(batches)

@@ -13,7 +13,7 @@ import time
 import jax
 import numpy as np
 
-from diffjax import data, parallel, restore, writers
+from diffjax import data, parallel, progress, restore, writers
 from diffjax.codecs import to_uint8
 from diffjax.evaluation.image_quality import psnr, psnr_missing, ssim
 from diffjax.experiment import Experiment
@@ -24,8 +24,6 @@ from diffjax.samplers import repaint
 def _complete_all(exp, inpainter, params) -> dict:
     """Completes inpaint.num_images images of inpaint.split: {'original', 'completed', 'mask',
     'labels'} as numpy. Conditional models get the true labels."""
-    from tqdm import tqdm
-
     icfg, s = exp.inpaint, exp.sampling
     source, _ = data.load_source(exp.data.name, icfg.split, exp.data.data_dir)
     n_dev = exp.mesh.devices.size  # per-call batch: sampling.batch_size, or fewer if that is all
@@ -33,7 +31,7 @@ def _complete_all(exp, inpainter, params) -> dict:
     pipeline = data.Pipeline(source, batch, s.seed, jax.process_index(), jax.process_count(),
                              exp.data.image_size, False, False, exp.num_classes)
     out = {"original": [], "completed": [], "mask": [], "labels": []}
-    bar = tqdm(total=icfg.num_images, unit="img", disable=jax.process_index() != 0)
+    bar = progress.bar(icfg.num_images, "img", "inpaint")
     for i in range(-(-icfg.num_images // batch)):
         examples = pipeline.batch(i)
         seed = [s.seed, i, jax.process_index()]

@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffjax import data, parallel, restore
+from diffjax import data, parallel, progress, restore
 from diffjax.core import likelihood as lik
 from diffjax.core import vlb
 from diffjax.errors import ConfigError
@@ -254,8 +254,6 @@ def run_name(exp, step: int) -> str:
 
 def likelihood_workdir(exp) -> dict:
     """Scores likelihood.num_images held-out images; writes and returns the result dict."""
-    from tqdm import tqdm
-
     check_likelihood(exp)
     o = exp.likelihood
     params, step = restore.sampling_params(exp, exp.workdir)
@@ -264,8 +262,7 @@ def likelihood_workdir(exp) -> dict:
     program = (ode_program if o.bound == "ode" else vlb_program)(exp, batch)
     per_image, nfes, parts = [], [], {"prior": [], "decoder": []}
     compile_seconds = seconds = 0.0
-    bar = tqdm(total=o.num_images, unit="img", dynamic_ncols=True,
-               disable=jax.process_index() != 0)
+    bar = progress.bar(o.num_images, "img", f"likelihood ({o.bound})")
     try:
         for i, (start, (levels, labels)) in enumerate(_batches(exp, batch)):
             key = jax.random.fold_in(jax.random.PRNGKey(o.seed), i)

@@ -10,7 +10,7 @@ import time
 import jax
 import numpy as np
 
-from diffjax import checkpoint, posthoc_ema, restore, writers
+from diffjax import checkpoint, posthoc_ema, progress, restore, writers
 from diffjax.errors import ConfigError, NonFiniteError, Preempted
 from diffjax.models import count_params
 from diffjax.training.signals import StopSignal
@@ -179,10 +179,8 @@ class _Run:
         return self.exp.ema.params(self.state.ema, self.exp.ema.default_key)
 
     def run(self):
-        from tqdm import tqdm
-
-        bar = tqdm(total=self.t.num_steps, initial=self.start, disable=not self.is_main,
-                   unit="step", dynamic_ncols=True)
+        bar = progress.bar(self.t.num_steps, "step", "train", initial=self.start,
+                           enabled=self.is_main)
         try:
             with StopSignal() as stop:
                 for step in range(self.start, self.t.num_steps):
