@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Sets up .venv (once) and runs diffjax:
-#   bash run.sh train [launch.py flags]   train the embedded default into runs/default
+#   bash run.sh train [launch.py flags]   train the embedded default into runs/default, then score
+#                                         it (FINAL_EVAL_SAMPLES=2000; 0 skips)
 #   bash run.sh test  [pytest args]       run the test suite
 #   bash run.sh setup                     only install
 set -euo pipefail
@@ -35,7 +36,19 @@ cmd=${1:-train}
 shift || true
 case "$cmd" in
   setup) setup ;;
-  train) setup; exec "$VENV/bin/python" launch.py --workdir "${WORKDIR:-runs/default}" "$@" ;;
+  train) # setup, training and the final evaluation are timed apart
+         t0=$(date +%s); setup; t1=$(date +%s)
+         echo "setup: $((t1 - t0)) s"
+         WD=${WORKDIR:-runs/default}
+         "$VENV/bin/python" launch.py --workdir "$WD" "$@"
+         t2=$(date +%s)
+         echo "training: $((t2 - t1)) s"
+         if [ "${FINAL_EVAL_SAMPLES:-2000}" != 0 ]; then  # FID, KID and copy rate into $WD/eval/
+           "$VENV/bin/python" launch.py --workdir "$WD" --mode=eval \
+             --config.eval.num_samples="${FINAL_EVAL_SAMPLES:-2000}" \
+             --config.eval.metrics="('fid','kid','copy_rate')"
+           echo "final evaluation: $(($(date +%s) - t2)) s"
+         fi ;;
   test)  setup_test; "$VENV/bin/ruff" check diffjax configs experiments tests launch.py
          exec "$VENV/bin/python" -m pytest -q -rs -n "${TEST_WORKERS:-2}" --dist loadfile tests "$@" ;;
   *) echo "usage: bash run.sh {train|test|setup} [args]" >&2; exit 2 ;;

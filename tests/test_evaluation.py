@@ -220,6 +220,7 @@ def test_launch_eval_writes_fid_kid_json_and_periodic_fid_during_training(data_d
     )
     assert out.returncode == 0, out.stderr[-3000:]
     assert re.search(r"eval: sample \+ features, seed 1: 100%.*\b8/8\b", out.stderr)
+    assert "note: FID of 8 samples is biased upward" in out.stdout
     path = os.path.join(workdir, "eval", "eval_step2_ddim3_karras_n8_seeds0-1_mean.json")
     with open(path) as f:
         result = json.load(f)

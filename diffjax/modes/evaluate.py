@@ -93,6 +93,10 @@ def evaluate_workdir(exp) -> dict:
             f"step {step}, {s.sampler} {gen.nfe} NFE, {ev.num_samples} samples x {len(seeds)} "
             f"seed(s), {ev.aggregate}: {summary}\nwrote {path}"
         )
+        if ev.num_samples < 50_000 and "fid" in result:
+            _log(f"note: FID of {ev.num_samples} samples is biased upward against the usual "
+                 f"50k-sample FID (the bias falls roughly like 1/N); compare only at equal N. "
+                 f"KID is unbiased but noisy (kid_std).")
     result["path"] = path
     return result
 
@@ -123,7 +127,8 @@ def _timed(batches: Iterator[np.ndarray], clock: list[float]) -> Iterator[np.nda
         yield batch
 
 
-METRIC_KEYS = ("fid", "kid_mean", "kid_std", "is_mean", "is_std", "precision", "recall")
+METRIC_KEYS = ("fid", "kid_mean", "kid_std", "is_mean", "is_std", "precision", "recall",
+               "copy_rate")
 
 
 def _log(message: str) -> None:
