@@ -62,6 +62,15 @@ def test_ddpm_cifar10_param_count_matches_diffusers():
     assert count_params(jax.eval_shape(network.init, jax.random.PRNGKey(0))) == 35_746_307
 
 
+def test_the_speed_peer_is_diffusers_ddpm_unet_of_our_size():
+    # experiments/peer_speed.py times diffusers' model against ours: same count, same one head
+    from experiments.peer_speed import peer_unet
+
+    peer = peer_unet()
+    assert sum(p.numel() for p in peer.parameters()) == 35_746_307
+    assert peer.down_blocks[1].attentions[0].heads == 1
+
+
 def test_init_output_is_zero_as_in_adm():
     # ADM zero-initialises the last conv of each block and the output conv (`zero_module`).
     model = UNet(out_channels=1, **TINY)
