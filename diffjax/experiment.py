@@ -5,15 +5,17 @@ span sections. Nothing else in diffjax reads a ConfigDict's fields."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 
 import jax
 
 from diffjax import codecs, conditioning, data, ema, parallel, settings
-from diffjax.core import parameterizations, schedules
+from diffjax.core import augment, parameterizations, schedules
 from diffjax.errors import ConfigError
 from diffjax.models import NETWORKS, NetworkSpec, count_params
+from diffjax.models.network import InputLabels
 from diffjax.objectives import OBJECTIVES, ObjectiveContext
 from diffjax.options import OptionError, from_mapping
 from diffjax.registry import Registry
@@ -200,11 +202,20 @@ class Experiment:
                                   f"invalid: prompts need a text-conditional model "
                                   f"(config.conditioning.name='text')")
             self.conditioning = self.conditioning.with_prompts(self.sampling.prompts)
+        if self.data.augment_p > 0:
+            if self.codec.cache:
+                raise ConfigError(f"config.data.augment_p={self.data.augment_p} augments images "
+                                  f"in the train step, but config.codec.name="
+                                  f"{config.codec.name!r} trains on cached latents; allowed: "
+                                  f"augment_p=0 with a cached codec, or a codec without a cache")
+            self.conditioning = conditioning.AugmentLabels(self.conditioning, augment.NUM_LABELS)
         spec = NetworkSpec(self.x_shape, self.conditioning.num_classes,
                            self.training.compute_dtype, self.conditioning.text,
                            self.parameterization.num_noise_inputs,
                            getattr(self.parameterization, "latent_dim", 0))
         self.network = _build(NETWORKS, *selected(config, NETWORKS), spec)
+        if self.data.augment_p > 0:
+            self.network = InputLabels(self.network, "augment", augment.NUM_LABELS)
         ctx = ObjectiveContext(self.schedule, self.parameterization, self.network,
                                self.conditioning, self.training.num_steps, tuple(self.x_shape),
                                self.load_run)
@@ -444,9 +455,18 @@ class Experiment:
         from diffjax.training import step
 
         fn = step.make_train_step(self.network, self.objective, self.conditioning, self.codec,
-                                  self.tx, self.ema, self.lr_fn, self.training.grad_accum_steps)
+                                  self.tx, self.ema, self.lr_fn, self.training.grad_accum_steps,
+                                  self._augment())
         return step.BoundStep(step.jit_train_step(fn, self.mesh, self.state_sharding),
                               self.codec.params)
+
+    def _augment(self):
+        """The train step's augmentation (images, key) -> (images, labels), or None."""
+        d = self.data
+        if not d.augment_p:
+            return None
+        return functools.partial(augment.augment, p=float(d.augment_p),
+                                 transforms=tuple(d.augment_transforms))
 
     def global_batch(self, step: int):
         return parallel.to_global(self.pipeline.batch(step), self.mesh)

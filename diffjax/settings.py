@@ -40,10 +40,24 @@ class DataOptions:
     random_flip: bool = False      # horizontal flips (DDPM CIFAR-10 uses them; digits must not)
     in_memory: bool = True         # decode the whole split once when it fits in 2 GiB
     val_split: str = ""            # held-out split for the validation loss ('' disables it)
+    # Leak-free augmentation (core.augment, EDM's AugmentPipe): each of augment_transforms is
+    # applied with probability augment_p inside the train step and told to the network, which
+    # samples with the identity's labels. 0 disables it.
+    augment_p: float = 0.0
+    augment_transforms: tuple = ("xflip", "translate", "scale", "rotate", "aniso")
 
     def __post_init__(self):
+        from diffjax.core.augment import TRANSFORMS
+
         check(self.image_size >= 0, "image_size", self.image_size,
               "must be >= 0 (0: the dataset's own size)")
+        check(0 <= self.augment_p <= 1, "augment_p", self.augment_p,
+              "must be in [0, 1] (0: no augmentation; EDM's CIFAR-10: 0.12)")
+        for name in self.augment_transforms:
+            check(name in TRANSFORMS, "augment_transforms", tuple(self.augment_transforms),
+                  f"names {name!r}; allowed: {', '.join(TRANSFORMS)}")
+        check(bool(self.augment_transforms) or not self.augment_p, "augment_transforms",
+              tuple(self.augment_transforms), "is empty but augment_p > 0")
 
 
 @dataclasses.dataclass(frozen=True)

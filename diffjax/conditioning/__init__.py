@@ -111,6 +111,51 @@ def class_label(options: ClassLabelOptions, num_classes: int) -> ClassLabel:
     return ClassLabel(num_classes=num_classes, dropout=options.dropout)
 
 
+@dataclasses.dataclass(frozen=True)
+class AugmentLabels(Conditioning):
+    """`inner` plus cond['augment'] [B, dim]: the training batch's augmentation labels
+    (batch['augment'], set by the train step's augmentation), zeros (the identity) everywhere
+    else, so samples are asked to be un-augmented (EDM, App. F.2)."""
+
+    inner: Conditioning
+    dim: int
+
+    num_classes = property(lambda self: self.inner.num_classes)
+    text = property(lambda self: self.inner.text)
+    supports_guidance = property(lambda self: self.inner.supports_guidance)
+    guidance_trained = property(lambda self: self.inner.guidance_trained)
+
+    def __getattr__(self, name):  # the inner conditioning's other attributes (text prompts)
+        if name == "inner":
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+    def _zeros(self, cond: dict, batch: int) -> dict:
+        return {**cond, "augment": jnp.zeros((batch, self.dim), jnp.float32)}
+
+    def train(self, batch: dict, rng) -> dict:
+        cond = self.inner.train(batch, rng)
+        if "augment" in batch:
+            return {**cond, "augment": batch["augment"]}
+        return self._zeros(cond, next(iter(batch.values())).shape[0])
+
+    def true(self, batch: dict) -> dict:
+        return self._zeros(self.inner.true(batch), next(iter(batch.values())).shape[0])
+
+    def from_labels(self, labels) -> dict:
+        return self._zeros(self.inner.from_labels(labels), jnp.shape(labels)[0])
+
+    def null(self, cond: dict) -> dict | None:
+        null = self.inner.null(cond)
+        return None if null is None else {**null, "augment": cond["augment"]}
+
+    def labels_for(self, num_samples: int, seed: int = 0, fixed: tuple = ()) -> np.ndarray:
+        return self.inner.labels_for(num_samples, seed, fixed)
+
+    def with_prompts(self, prompts):
+        return AugmentLabels(self.inner.with_prompts(prompts), self.dim)
+
+
 def make_conditioning(name: str, options, num_classes: int) -> Conditioning:
     """The conditioning registered as `name` (options None: its defaults)."""
     entry = CONDITIONINGS.get(name)

@@ -1,10 +1,13 @@
-"""A small CNN digit classifier trained on the real digits, to read which digit a generated image
-shows: the prompt fidelity of a text- or class-conditional model is the share of samples whose
-predicted digit is the one asked for."""
+"""Small CNN classifiers trained on the real digits. The digit classifier reads which digit a
+generated image shows: the prompt fidelity of a text- or class-conditional model is the share of
+samples whose predicted digit is the one asked for. The orientation classifier reads whether a
+digit is upright, mirrored or rotated: the share of samples it reads as transformed shows an
+augmentation leak (EDM, App. F.2)."""
 
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import flax.linen as nn
 import jax
@@ -16,7 +19,10 @@ from diffjax import data
 
 
 class DigitCNN(nn.Module):
-    """[B, H, W, 1] uint8 -> [B, 10] logits: two conv/pool stages and an MLP (LeNet-like)."""
+    """[B, H, W, 1] uint8 -> [B, num_classes] logits: two conv/pool stages and an MLP
+    (LeNet-like)."""
+
+    num_classes: int = 10
 
     @nn.compact
     def __call__(self, images, train: bool = False):
@@ -26,7 +32,7 @@ class DigitCNN(nn.Module):
             x = nn.max_pool(x, (2, 2), (2, 2))
         x = x.reshape(x.shape[0], -1)
         x = nn.Dropout(0.3, deterministic=not train)(nn.relu(nn.Dense(128)(x)))
-        return nn.Dense(10)(x)
+        return nn.Dense(self.num_classes)(x)
 
 
 @dataclasses.dataclass
@@ -35,10 +41,12 @@ class DigitClassifier:
 
     params: dict
     held_out_accuracy: float
+    num_classes: int = 10
 
     def predict(self, images: np.ndarray, batch_size: int = 500) -> np.ndarray:
-        """images: [N, H, W, 1] uint8 -> predicted digits [N] int."""
-        apply = jax.jit(lambda p, x: jnp.argmax(DigitCNN().apply({"params": p}, x), -1))
+        """images: [N, H, W, 1] uint8 -> predicted classes [N] int."""
+        model = DigitCNN(self.num_classes)
+        apply = jax.jit(lambda p, x: jnp.argmax(model.apply({"params": p}, x), -1))
         out = [np.asarray(apply(self.params, images[i:i + batch_size]))
                for i in range(0, len(images), batch_size)]
         return np.concatenate(out)
@@ -63,7 +71,16 @@ def train_digit_classifier(data_dir: str = "", name: str = "mnist_embedded",
     (about 97-98% on the embedded digits)."""
     images, labels = _split(name, train_split, data_dir)
     test_images, test_labels = _split(name, test_split, data_dir)
-    model, tx = DigitCNN(), optax.adam(1e-3)
+    return fit_classifier(images, labels, test_images, test_labels, 10, num_steps, batch_size,
+                          seed)
+
+
+def fit_classifier(images, labels, test_images, test_labels, num_classes: int,
+                   num_steps: int = 1500, batch_size: int = 128,
+                   seed: int = 0) -> DigitClassifier:
+    """DigitCNN(num_classes) trained with Adam on uint8 images [N, H, W, 1] and labels [N];
+    returned with its accuracy on the test images."""
+    model, tx = DigitCNN(num_classes), optax.adam(1e-3)
     key = jax.random.PRNGKey(seed)
     params = model.init(key, images[:1])["params"]
     opt_state = tx.init(params)
@@ -83,6 +100,53 @@ def train_digit_classifier(data_dir: str = "", name: str = "mnist_embedded",
         idx = rng.integers(0, len(images), batch_size)
         params, opt_state = step(params, opt_state, images[idx], labels[idx],
                                  jax.random.fold_in(key, i))
-    classifier = DigitClassifier(params, 0.0)
+    classifier = DigitClassifier(params, 0.0, num_classes)
     classifier.held_out_accuracy = float(np.mean(classifier.predict(test_images) == test_labels))
     return classifier
+
+
+ORIENTATIONS = ("upright", "mirrored", "rotated")
+MIN_ROTATION = math.pi / 4  # "rotated": by 45 to 180 degrees either way, mirrored or not
+
+
+def orient(images: np.ndarray, kinds: np.ndarray, seed: int = 0) -> np.ndarray:
+    """uint8 images [N, H, W, 1] transformed as kinds [N] (indices into ORIENTATIONS) say:
+    mirrored left-right, or rotated by a random angle of MIN_ROTATION to pi either way (and
+    mirrored half the time)."""
+    from diffjax.core import augment
+
+    rng = np.random.default_rng(seed)
+    n = len(images)
+    angle = rng.uniform(MIN_ROTATION, math.pi, n) * rng.choice([-1.0, 1.0], n)
+    params = augment.identity_params(n)
+    params["xflip"] = jnp.asarray((kinds == 1) | ((kinds == 2) & (rng.random(n) < 0.5)),
+                                  jnp.float32)
+    params["theta"] = jnp.asarray(np.where(kinds == 2, angle, 0.0), jnp.float32)
+    out = augment.warp(jnp.asarray(images, jnp.float32), augment.inverse_matrix(params))
+    return np.clip(np.rint(np.asarray(out)), 0, 255).astype(np.uint8)
+
+
+def _oriented(images: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Every image in each of the three orientations, and their labels."""
+    kinds = np.repeat(np.arange(len(ORIENTATIONS)), len(images))
+    return orient(np.concatenate([images] * len(ORIENTATIONS)), kinds, seed), kinds
+
+
+def train_orientation_classifier(data_dir: str = "", name: str = "mnist_embedded",
+                                 train_split: str = "train[:90%]",
+                                 test_split: str = "train[90%:]", num_steps: int = 1500,
+                                 seed: int = 0) -> tuple[DigitClassifier, dict]:
+    """DigitCNN over ORIENTATIONS, trained on the unaugmented digits of `train_split` shown
+    upright, mirrored and rotated. Returns it and its read of the held-out `test_split` in each
+    orientation: {'<orientation>_read_transformed': share read as mirrored or rotated}. Digits
+    symmetric under a flip or a half turn (0, 1, 8) read as upright either way, so the
+    upright share is the floor of what a sample set can show."""
+    images, _ = _split(name, train_split, data_dir)
+    test_images, _ = _split(name, test_split, data_dir)
+    x, y = _oriented(images, seed)
+    tx_, ty = _oriented(test_images, seed + 1)
+    classifier = fit_classifier(x, y, tx_, ty, len(ORIENTATIONS), num_steps, seed=seed)
+    read = classifier.predict(tx_)
+    calibration = {f"{o}_read_transformed": float(np.mean(read[ty == k] != 0))
+                   for k, o in enumerate(ORIENTATIONS)}
+    return classifier, calibration

@@ -134,6 +134,42 @@ class LinenNetwork(Network):
                                  train=train, rngs=rngs)
 
 
+@dataclasses.dataclass(frozen=True)
+class InputLabels(Network):
+    """`inner` applied to x with cond[key] [B, channels] broadcast over H x W and concatenated
+    as extra input channels (zeros where cond lacks key): how augmentation labels reach any
+    network (an input map's linear effect on the first layer, like a learned embedding). The
+    inner network must be a dataclass taking its input shape as x_shape (LinenNetwork)."""
+
+    inner: Network
+    key: str
+    channels: int
+
+    x_shape = property(lambda self: self.inner.x_shape)
+    out_channels = property(lambda self: self.inner.out_channels)
+    extra_outputs = property(lambda self: self.inner.extra_outputs)
+    num_noise_inputs = property(lambda self: self.inner.num_noise_inputs)
+    latent_dim = property(lambda self: self.inner.latent_dim)
+    num_fixed_scalars = property(lambda self: self.inner.num_fixed_scalars)
+    stochastic = property(lambda self: self.inner.stochastic)
+
+    def init(self, rng):
+        h, w, c = self.inner.x_shape
+        return dataclasses.replace(self.inner, x_shape=(h, w, c + self.channels)).init(rng)
+
+    def apply(self, params, x, noise_cond, cond: dict, train: bool = False, rng=None):
+        b, h, w, _ = x.shape
+        labels = (cond or {}).get(self.key)
+        if labels is None:
+            labels = jnp.zeros((b, self.channels), x.dtype)
+        maps = jnp.broadcast_to(labels.astype(x.dtype)[:, None, None, :], (b, h, w, self.channels))
+        return self.inner.apply(params, jnp.concatenate([x, maps], -1), noise_cond, cond, train,
+                                rng)
+
+    def project_params(self, params):
+        return self.inner.project_params(params)
+
+
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 

@@ -80,7 +80,7 @@ def _update_objective(objective, group_txs, state, grads, params):
 
 
 def make_train_step(network, objective, conditioning, codec, tx, ema, lr_fn,
-                    grad_accum_steps: int = 1):
+                    grad_accum_steps: int = 1, augment=None):
     """Returns train_step(state, batch, codec_params) -> (state, metrics), pure; jit it with
     `jit_train_step`.
 
@@ -88,7 +88,9 @@ def make_train_step(network, objective, conditioning, codec, tx, ema, lr_fn,
     'label': [B] int32}. The per-step randomness
     comes from fold_in(state.rng, state.step), so it is independent of how the batch is sharded.
     A step whose loss or any gradient is not finite changes nothing but `step` (the data position)
-    and `nonfinite_count`; metrics['skipped'] is 1 for it."""
+    and `nonfinite_count`; metrics['skipped'] is 1 for it.
+    augment: None, or (images, key) -> (images, labels [B, k]) applied to batch['image'] first
+    (core.augment), its labels passed on as batch['augment']."""
     accum = grad_accum_steps
     group_txs = objective.optimizers()
 
@@ -108,6 +110,9 @@ def make_train_step(network, objective, conditioning, codec, tx, ema, lr_fn,
     def train_step(state, batch, codec_params):
         rng = jax.random.fold_in(state.rng, state.step)
         rng_objective, rng_dropout, rng_cond = jax.random.split(rng, 3)
+        if augment is not None:
+            images, labels = augment(batch["image"], jax.random.fold_in(rng, 4))
+            batch = {**batch, "image": images, "augment": labels}
         x = codec.encode_batch(codec_params, batch, jax.random.fold_in(rng, 3))
         cond = conditioning.train(batch, rng_cond)
         # The whole batch's randomness is drawn first, so accumulation changes nothing but memory.
