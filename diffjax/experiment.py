@@ -202,19 +202,21 @@ class Experiment:
                                   f"invalid: prompts need a text-conditional model "
                                   f"(config.conditioning.name='text')")
             self.conditioning = self.conditioning.with_prompts(self.sampling.prompts)
+        told = self.data.augment_p > 0 and self.data.augment_labels
         if self.data.augment_p > 0:
             if self.codec.cache:
                 raise ConfigError(f"config.data.augment_p={self.data.augment_p} augments images "
                                   f"in the train step, but config.codec.name="
                                   f"{config.codec.name!r} trains on cached latents; allowed: "
                                   f"augment_p=0 with a cached codec, or a codec without a cache")
+        if told:
             self.conditioning = conditioning.AugmentLabels(self.conditioning, augment.NUM_LABELS)
         spec = NetworkSpec(self.x_shape, self.conditioning.num_classes,
                            self.training.compute_dtype, self.conditioning.text,
                            self.parameterization.num_noise_inputs,
                            getattr(self.parameterization, "latent_dim", 0))
         self.network = _build(NETWORKS, *selected(config, NETWORKS), spec)
-        if self.data.augment_p > 0:
+        if told:
             self.network = InputLabels(self.network, "augment", augment.NUM_LABELS)
         ctx = ObjectiveContext(self.schedule, self.parameterization, self.network,
                                self.conditioning, self.training.num_steps, tuple(self.x_shape),

@@ -45,6 +45,7 @@ class DataOptions:
     # samples with the identity's labels. 0 disables it.
     augment_p: float = 0.0
     augment_transforms: tuple = ("xflip", "translate", "scale", "rotate", "aniso")
+    augment_labels: bool = True    # False: the leaky ablation, augmented but not told
 
     def __post_init__(self):
         from diffjax.core.augment import TRANSFORMS

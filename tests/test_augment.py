@@ -133,3 +133,19 @@ def test_an_augmented_run_resumes_bit_exactly_and_samples_with_the_identity_labe
     told = exp.network.apply(straight.params, x, t, {"augment": jnp.ones((3, 7))})
     assert np.abs(np.asarray(told) - np.asarray(exp.network.apply(straight.params, x, t, cond))
                   ).max() > 0  # the labels reach the network
+
+
+def test_the_leaky_ablation_augments_without_telling_the_network(data_dir):
+    """data.augment_labels=False (the ablation that leaks): the step still augments, but the
+    network keeps its own input channels and the conditioning carries no labels."""
+    from conftest import tiny_config
+
+    from diffjax.experiment import Experiment
+    from diffjax.models.network import InputLabels
+
+    told = Experiment(tiny_config(data_dir, **{"data.augment_p": 0.5}))
+    untold = Experiment(tiny_config(data_dir, **{"data.augment_p": 0.5,
+                                                 "data.augment_labels": False}))
+    assert isinstance(told.network, InputLabels) and not isinstance(untold.network, InputLabels)
+    assert untold._augment() is not None
+    assert "augment" not in untold.conditioning.from_labels(jnp.zeros((2,), jnp.int32))
