@@ -10,6 +10,8 @@ import logging
 import os
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 
 from diffjax import codecs, conditioning, data, ema, parallel, settings
 from diffjax.core import augment, parameterizations, schedules
@@ -211,13 +213,18 @@ class Experiment:
                                   f"augment_p=0 with a cached codec, or a codec without a cache")
         if told:
             self.conditioning = conditioning.AugmentLabels(self.conditioning, augment.NUM_LABELS)
+        if config.conditioning.name == "low_res" and config.codec.name != "pixels":
+            raise ConfigError(f"config.conditioning.name='low_res' conditions pixels on "
+                              f"downsampled pixels, but config.codec.name="
+                              f"{config.codec.name!r}; allowed: codec.name='pixels'")
+        self.conditioning = self.conditioning.bind(self.x_shape)
         spec = NetworkSpec(self.x_shape, self.conditioning.num_classes,
                            self.training.compute_dtype, self.conditioning.text,
                            self.parameterization.num_noise_inputs,
                            getattr(self.parameterization, "latent_dim", 0))
         self.network = _build(NETWORKS, *selected(config, NETWORKS), spec)
-        if told:
-            self.network = InputLabels(self.network, "augment", augment.NUM_LABELS)
+        if self.conditioning.input_maps():
+            self.network = InputLabels(self.network, self.conditioning.input_maps())
         ctx = ObjectiveContext(self.schedule, self.parameterization, self.network,
                                self.conditioning, self.training.num_steps, tuple(self.x_shape),
                                self.load_run)
@@ -496,10 +503,33 @@ class Experiment:
         from diffjax.generator import Generator
 
         sampling = sampling or self.sampling
+        if self.config.conditioning.name == "low_res" and self.conditioning.images is None:
+            self.with_low_res(self.default_low_res())
         sampler = SAMPLERS.get(sampling.sampler)
         options = part_options(self.config, SAMPLERS, sampling.sampler)
         guide = self.load_guide(sampling) if sampling.guidance == "autoguidance" else None
         return Generator(self, sampling, grid or self.grid, sampler, options, guide)
+
+
+    def with_low_res(self, images) -> None:
+        """Samples of a low_res model from now on upsample `images` [N, size, size, C] (uint8, or
+        float in [-1, 1]), in turn; ConfigError where their shape does not fit the model."""
+        self.conditioning = self.conditioning.with_images(images)
+
+    def default_low_res(self) -> np.ndarray:
+        """The first low_res.DEFAULT_TABLE images of the training split, downsampled as training
+        does: what a low_res model's sample grids and --mode=eval upsample by default."""
+        from diffjax.conditioning.low_res import DEFAULT_TABLE, downsample
+
+        source, _ = data.load_source(self.data.name, self.data.split, self.data.data_dir)
+        count = min(len(source), DEFAULT_TABLE)
+        images = np.stack([np.asarray(source[i]["image"]) for i in range(count)])
+        if images.ndim == 3:
+            images = images[..., None]
+        if self.data.image_size and images.shape[1] != self.data.image_size:
+            images = np.stack([data._resize(im, self.data.image_size) for im in images])
+        x = jnp.asarray(images, jnp.float32) / 127.5 - 1.0
+        return np.asarray(downsample(x, self.conditioning.options.size))
 
 
 def validate(config, devices: bool = True) -> Experiment:

@@ -119,6 +119,10 @@ class SamplingOptions:
     grid_samples: int = 64             # images in the periodic training grid
     ema_decays: tuple = ()             # () the default EMA; 0.0 the raw params; several: ensemble
     checkpoint_steps: tuple = ()       # () the newest checkpoint; several: an ensemble
+    # Cascades (diffjax.cascade): the earlier stages' workdirs, base first; this run is the last
+    # stage, a low_res model upsampling the one before. Each stage samples with its own settings.
+    cascade: tuple = ()
+    low_res_input: str = ""            # --mode=upsample: a .npz or folder of low-res images
 
     def __post_init__(self):
         _at_least(self, 1, "num_steps", "num_samples", "batch_size", "grid_samples")

@@ -11,6 +11,8 @@ A conditioning provides:
   labels_for(n, seed, fixed)       sampling labels: `fixed` cycled, or drawn from `seed`
   text                             a TextSpec where cond carries text tokens (None otherwise)
   with_prompts(prompts)            (text) the same conditioning sampling these prompts
+  bind(x_shape) -> conditioning    checked against the network's input shape [H, W, C]
+  input_maps() -> ((key, ch), ...) cond entries the network takes as extra input channels
 """
 
 from __future__ import annotations
@@ -47,6 +49,12 @@ class Conditioning:
 
     def null(self, cond: dict) -> dict | None:
         return None
+
+    def bind(self, x_shape) -> Conditioning:
+        return self
+
+    def input_maps(self) -> tuple[tuple[str, int], ...]:
+        return ()
 
     def labels_for(self, num_samples: int, seed: int = 0, fixed: tuple = ()) -> np.ndarray:
         """[num_samples] int32: `fixed` cycled, else uniform over the classes from `seed`
@@ -155,6 +163,15 @@ class AugmentLabels(Conditioning):
     def with_prompts(self, prompts):
         return AugmentLabels(self.inner.with_prompts(prompts), self.dim)
 
+    def with_images(self, images):
+        return AugmentLabels(self.inner.with_images(images), self.dim)
+
+    def bind(self, x_shape):
+        return AugmentLabels(self.inner.bind(x_shape), self.dim)
+
+    def input_maps(self):
+        return (*self.inner.input_maps(), ("augment", self.dim))
+
 
 def make_conditioning(name: str, options, num_classes: int) -> Conditioning:
     """The conditioning registered as `name` (options None: its defaults)."""
@@ -162,4 +179,4 @@ def make_conditioning(name: str, options, num_classes: int) -> Conditioning:
     return entry.factory(options if options is not None else entry.default_options(), num_classes)
 
 
-from diffjax.conditioning import text  # noqa: E402,F401  (registers the text conditioning)
+from diffjax.conditioning import low_res, text  # noqa: E402,F401  (register theirs)

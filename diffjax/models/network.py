@@ -136,14 +136,14 @@ class LinenNetwork(Network):
 
 @dataclasses.dataclass(frozen=True)
 class InputLabels(Network):
-    """`inner` applied to x with cond[key] [B, channels] broadcast over H x W and concatenated
-    as extra input channels (zeros where cond lacks key): how augmentation labels reach any
-    network (an input map's linear effect on the first layer, like a learned embedding). The
+    """`inner` applied to x with extra input channels: for each (key, channels) of `inputs`,
+    cond[key] either [B, channels], broadcast over H x W, or an image [B, h, w, channels],
+    bilinearly resized to H x W; zeros where cond lacks the key. How augmentation labels and a
+    low-resolution image reach any network (the first layer sees them, like an embedding). The
     inner network must be a dataclass taking its input shape as x_shape (LinenNetwork)."""
 
     inner: Network
-    key: str
-    channels: int
+    inputs: tuple[tuple[str, int], ...]
 
     x_shape = property(lambda self: self.inner.x_shape)
     out_channels = property(lambda self: self.inner.out_channels)
@@ -155,16 +155,27 @@ class InputLabels(Network):
 
     def init(self, rng):
         h, w, c = self.inner.x_shape
-        return dataclasses.replace(self.inner, x_shape=(h, w, c + self.channels)).init(rng)
+        extra = sum(channels for _, channels in self.inputs)
+        return dataclasses.replace(self.inner, x_shape=(h, w, c + extra)).init(rng)
+
+    def maps(self, x, cond: dict) -> jax.Array:
+        """x [B, H, W, C] with the inputs' channels appended: [B, H, W, C + sum(channels)]."""
+        b, h, w, _ = x.shape
+        parts = [x]
+        for key, channels in self.inputs:
+            value = (cond or {}).get(key)
+            if value is None:
+                value = jnp.zeros((b, channels), x.dtype)
+            value = value.astype(x.dtype)
+            if value.ndim == 4:
+                parts.append(jax.image.resize(value, (b, h, w, channels), "linear")
+                             if value.shape[1:3] != (h, w) else value)
+            else:
+                parts.append(jnp.broadcast_to(value[:, None, None, :], (b, h, w, channels)))
+        return jnp.concatenate(parts, -1)
 
     def apply(self, params, x, noise_cond, cond: dict, train: bool = False, rng=None):
-        b, h, w, _ = x.shape
-        labels = (cond or {}).get(self.key)
-        if labels is None:
-            labels = jnp.zeros((b, self.channels), x.dtype)
-        maps = jnp.broadcast_to(labels.astype(x.dtype)[:, None, None, :], (b, h, w, self.channels))
-        return self.inner.apply(params, jnp.concatenate([x, maps], -1), noise_cond, cond, train,
-                                rng)
+        return self.inner.apply(params, self.maps(x, cond), noise_cond, cond, train, rng)
 
     def project_params(self, params):
         return self.inner.project_params(params)

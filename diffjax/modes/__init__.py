@@ -3,9 +3,9 @@
 flags), which training writes to WORKDIR/launch.json."""
 
 MODES = ("train", "sample", "inpaint", "eval", "dry_run", "benchmark", "train_autoencoder",
-         "likelihood", "reconstruct_ema")
+         "likelihood", "reconstruct_ema", "upsample")
 # Modes that read a trained WORKDIR: its saved config is the base for --config overrides.
-RUN_MODES = ("sample", "inpaint", "eval", "likelihood", "reconstruct_ema")
+RUN_MODES = ("sample", "inpaint", "eval", "likelihood", "reconstruct_ema", "upsample")
 
 
 def run(mode: str, config, workdir: str | None, fresh: bool = False,

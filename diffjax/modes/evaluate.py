@@ -51,13 +51,24 @@ def evaluate_workdir(exp) -> dict:
     shown: list[np.ndarray] = []  # the first scored images of the first seed, for a grid
     for seed in seeds:
         clock = [0.0]
-        batches = _timed(gen.iter_samples(params, ev.num_samples, seed=seed,
-                                          progress=f"eval: sample + features, seed {seed}"), clock)
+        if s.cascade:  # FID of the last stage's images, the cascade's final resolution
+            from diffjax.cascade import sample_cascade
+
+            start = time.perf_counter()
+            images, stages = sample_cascade(exp, params, ev.num_samples, seed)
+            clock[0] = time.perf_counter() - start
+            batches = iter(np.array_split(images, -(-len(images) // s.batch_size)))
+        else:
+            batches = _timed(gen.iter_samples(params, ev.num_samples, seed=seed,
+                                              progress=f"eval: sample + features, seed {seed}"),
+                             clock)
         if seed == seeds[0]:
             batches = _keep_first(batches, shown, s.grid_samples)
         scores = evaluator.score(batches)
         per_seed.append({"seed": seed, **scores, "nfe": gen.nfe, "sampling_seconds": clock[0],
                          "samples_per_sec": ev.num_samples / max(clock[0], 1e-9)})
+        if s.cascade:
+            per_seed[-1].update(nfe=sum(r["nfe"] for r in stages), cascade=stages)
         _log(
             f"step {step} seed {seed}: "
             + ", ".join(f"{k}={v:.5g}" for k, v in per_seed[-1].items() if k in METRIC_KEYS)
@@ -66,7 +77,7 @@ def evaluate_workdir(exp) -> dict:
         "step": int(step),
         "sampler": s.sampler,
         "num_steps": s.num_steps,
-        "nfe": gen.nfe,
+        "nfe": per_seed[-1]["nfe"],
         "num_samples": ev.num_samples,
         "seeds": seeds,
         "aggregate": ev.aggregate,

@@ -29,6 +29,8 @@ def sampling_tag(exp) -> str:
         cfg = f"_ag{s.guidance_scale:g}_guide{guide}-step{exp.load_guide().step}"
     if s.prompts:  # a short stable hash, so runs with other prompts keep their own files
         cfg += f"_prompts{zlib.crc32(json.dumps(list(s.prompts)).encode()):08x}"
+    if s.cascade:
+        cfg += f"_cascade{zlib.crc32(json.dumps(list(s.cascade)).encode()):08x}"
     return f"{method}{cfg}{restore.params_tag(s, restore.posthoc_sigma_rel(exp))}"
 
 
@@ -43,8 +45,10 @@ def sample_workdir(exp) -> str:
     The .npz holds uint8 `images` [N, H, W, C], `labels` [N], `nfe` (per sample) and `sampling`
     (config.sampling as JSON); NFE and throughput are printed."""
     params, step = restore.sampling_params(exp, exp.workdir)
-    gen = exp.generator()
     s = exp.sampling
+    if s.cascade:
+        return _sample_cascade(exp, params, step)
+    gen = exp.generator()
     compile_s = gen.compile(params)
     labels = gen.labels_for(s.num_samples, s.seed)
     start = time.perf_counter()
@@ -58,6 +62,25 @@ def sample_workdir(exp) -> str:
                              sampling=json.dumps(exp.config.sampling.to_dict(), default=list))
         print(f"wrote {len(images)} samples ({nfe} NFE each, sampler {s.sampler}) from step "
               f"{step} to {path}; compile {compile_s:.1f} s, {len(images) / seconds:.2f} samples/s")
+    return path
+
+
+def _sample_cascade(exp, params, step: int) -> str:
+    """sample_workdir through the stages of config.sampling.cascade (diffjax.cascade)."""
+    from diffjax.cascade import sample_cascade
+
+    s = exp.sampling
+    images, report = sample_cascade(exp, params, s.num_samples, s.seed)
+    name = "cascade_" + run_name(exp, step)
+    path = os.path.join(exp.workdir, "samples", name + ".npz")
+    if jax.process_index() == 0:
+        writers.save_samples(images, os.path.join(exp.workdir, "samples"), name,
+                             stages=json.dumps(report, default=str),
+                             sampling=json.dumps(exp.config.sampling.to_dict(), default=list))
+        for i, r in enumerate(report):
+            print(f"stage {i + 1}: {r['workdir']} -> {'x'.join(map(str, r['shape']))}, "
+                  f"{r['nfe']} NFE, {r['seconds']:.1f} s")
+        print(f"wrote {len(images)} cascade samples to {path}")
     return path
 
 
