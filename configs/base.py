@@ -46,6 +46,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.sampling = plugins.settings_with_parts(settings.SamplingOptions,
                                                   plugins.KINDS["sampling"])
     config.inpaint = plugins.settings_section(settings.InpaintOptions)  # --mode=inpaint
+    config.complete = plugins.settings_section(settings.CompleteOptions)  # --mode=complete
     # --mode=eval and the FID during training: metrics fid | kid | inception_score |
     # precision_recall, options in eval.<metric>
     config.eval = plugins.settings_with_parts(settings.EvalOptions, plugins.KINDS["eval"])

@@ -159,6 +159,7 @@ class Experiment:
         self.optim = _settings(settings.OptimOptions, config, "optim")
         self.sampling = _settings(settings.SamplingOptions, config, "sampling", SAMPLERS)
         self.inpaint = _settings(settings.InpaintOptions, config, "inpaint")
+        self.complete = _settings(settings.CompleteOptions, config, "complete")
         self.eval = _settings(settings.EvalOptions, config, "eval", METRICS)
         self.mesh_options = _settings(settings.MeshOptions, config, "mesh")
         self.benchmark = _settings(settings.BenchmarkOptions, config, "benchmark")

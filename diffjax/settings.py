@@ -174,6 +174,38 @@ class InpaintOptions:
         _at_least(self, 1, "jump_length", "resample", "num_images")
 
 
+COMPLETE_TASKS = ("super_resolution", "denoising")
+
+
+@dataclasses.dataclass(frozen=True)
+class CompleteOptions:
+    """config.complete (--mode=complete): restore held-out images from observations y = A x +
+    noise * n with an unconditional model (samplers.measurement), on the config.sampling grid.
+    task: super_resolution (A: the mean of factor x factor blocks) or denoising (A = I); noise:
+    the observation noise std on [-1, 1] pixels; method: pigdm or dps (dps_scale scales DPS's
+    likelihood score)."""
+
+    task: str = "super_resolution"
+    factor: int = 2
+    noise: float = 0.05
+    method: str = "pigdm"
+    dps_scale: float = 1.0
+    num_images: int = 16
+    split: str = "train"          # dataset split the images come from
+
+    def __post_init__(self):
+        from diffjax.samplers.measurement import METHODS
+
+        choice("task", self.task, COMPLETE_TASKS)
+        choice("method", self.method, METHODS)
+        check(self.factor >= 2 or self.task == "denoising", "factor", self.factor,
+              "must be >= 2 for super_resolution (the downsampling factor)")
+        check(self.noise > 0, "noise", self.noise,
+              "must be > 0: the observation noise std on [-1, 1] pixels (0.05 is ~6 grey levels)")
+        check(self.dps_scale > 0, "dps_scale", self.dps_scale, "must be > 0")
+        _at_least(self, 1, "num_images")
+
+
 @dataclasses.dataclass(frozen=True)
 class EvalOptions:
     """config.eval besides the metrics' own sections: which metrics, how many samples and seeds,

@@ -2,6 +2,7 @@
 resampling path against PIL and linear closed forms, CDM's conditioning augmentation, the input
 channels of the U-Net and DiT, a two-stage cascade through launch.py, and the errors."""
 
+import json
 import os
 import subprocess
 import sys
@@ -125,7 +126,8 @@ def _launch(*args, data_dir):
 
 def test_a_two_stage_cascade_and_upsample_through_launch(data_dir, tmp_path):
     """An 8x8 base and an 8 -> 16 stage, trained for 2 steps each; --mode=sample with
-    sampling.cascade writes 16x16 samples, --mode=upsample upsamples a .npz of 8x8 digits."""
+    sampling.cascade writes 16x16 samples, --mode=upsample upsamples a .npz of 8x8 digits and
+    --mode=complete super-resolves the base's own 4x4 observations of digits."""
     tiny = ["--config.model.unet.ch_mult=(1,2)", "--config.model.unet.attn_resolutions=()",
             "--config.training.batch_size=8", "--config.training.num_steps=2",
             "--config.training.checkpoint_every_steps=2", "--config.training.sample_every_steps=0",
@@ -149,3 +151,10 @@ def test_a_two_stage_cascade_and_upsample_through_launch(data_dir, tmp_path):
             f"--config.sampling.low_res_input={tmp_path / 'low.npz'}", data_dir=data_dir)
     [out] = [f for f in os.listdir(os.path.join(sr, "upsampled")) if f.endswith(".npz")]
     assert np.load(os.path.join(sr, "upsampled", out))["images"].shape == (3, 16, 16, 1)
+    # data completion with the unconditional base: 2x super-resolution of 4 of its digits
+    _launch("--workdir", base, "--mode=complete", "--config.complete.num_images=4",
+            "--config.complete.noise=0.1", data_dir=data_dir)
+    [report] = [f for f in os.listdir(os.path.join(base, "complete")) if f.endswith(".json")]
+    result = json.load(open(os.path.join(base, "complete", report)))
+    assert result["task"] == "super_resolution" and len(result["per_image"]["psnr"]) == 4
+    assert {"psnr", "ssim", "psnr_bilinear", "psnr_observed"} <= set(result)

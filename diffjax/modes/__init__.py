@@ -3,9 +3,11 @@
 flags), which training writes to WORKDIR/launch.json."""
 
 MODES = ("train", "sample", "inpaint", "eval", "dry_run", "benchmark", "train_autoencoder",
-         "likelihood", "reconstruct_ema", "upsample")
+         "likelihood", "reconstruct_ema", "upsample",
+         "complete")
 # Modes that read a trained WORKDIR: its saved config is the base for --config overrides.
-RUN_MODES = ("sample", "inpaint", "eval", "likelihood", "reconstruct_ema", "upsample")
+RUN_MODES = ("sample", "inpaint", "eval", "likelihood", "reconstruct_ema", "upsample",
+             "complete")
 
 
 def run(mode: str, config, workdir: str | None, fresh: bool = False,
