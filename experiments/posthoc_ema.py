@@ -77,7 +77,7 @@ def main(argv=None) -> int:
             json.dump(rows, f, indent=2)
         with open(os.path.join(args.out, "table.md"), "w") as f:
             f.write(table(rows))
-        print(f"sigma_rel {sigma_rel:g}: FID {result['fid']:.2f}, KID {result['kid']:.4f}",
+        print(f"sigma_rel {sigma_rel:g}: FID {result['fid']:.2f}, KID {result['kid_mean']:.4f}",
               flush=True)
     print(table(rows))
     return 0
