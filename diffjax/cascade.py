@@ -68,16 +68,18 @@ def sample_cascade(exp, params, num_samples: int, seed: int = 0,
 
     stages = [stage_experiment(exp, w) for w in exp.sampling.cascade] + [exp]
     check_chain(stages)
-    images, report = None, []
+    images, classes, report = None, None, []
     for i, stage in enumerate(stages):
         start = time.perf_counter()
         stage_params = params if stage is exp else restore.sampling_params(stage,
                                                                             stage.workdir)[0]
-        labels = None
-        if images is not None:
-            stage.with_low_res(images)
+        if images is not None:  # the classes of a class-conditional chain pass along
+            stage.with_low_res(images, classes if stage.conditioning.num_classes else None)
             labels = np.arange(num_samples, dtype=np.int32)
         gen = stage.generator()
+        if images is None:
+            labels = gen.labels_for(num_samples, seed)
+            classes = labels if stage.conditioning.num_classes else None
         images, nfe = gen.sample(stage_params, num_samples, seed=seed, labels=labels,
                                  progress=f"cascade stage {i + 1}/{len(stages)}" if progress
                                  else False)

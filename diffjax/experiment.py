@@ -505,32 +505,36 @@ class Experiment:
 
         sampling = sampling or self.sampling
         if self.config.conditioning.name == "low_res" and self.conditioning.images is None:
-            self.with_low_res(self.default_low_res())
+            self.with_low_res(*self.default_low_res())
         sampler = SAMPLERS.get(sampling.sampler)
         options = part_options(self.config, SAMPLERS, sampling.sampler)
         guide = self.load_guide(sampling) if sampling.guidance == "autoguidance" else None
         return Generator(self, sampling, grid or self.grid, sampler, options, guide)
 
 
-    def with_low_res(self, images) -> None:
+    def with_low_res(self, images, labels=None) -> None:
         """Samples of a low_res model from now on upsample `images` [N, size, size, C] (uint8, or
-        float in [-1, 1]), in turn; ConfigError where their shape does not fit the model."""
-        self.conditioning = self.conditioning.with_images(images)
+        float in [-1, 1]), in turn, with class labels [N] where the stage is class-conditional
+        (None: random ones); ConfigError where their shape does not fit the model."""
+        self.conditioning = self.conditioning.with_images(images, labels)
 
-    def default_low_res(self) -> np.ndarray:
+    def default_low_res(self) -> tuple[np.ndarray, np.ndarray]:
         """The first low_res.DEFAULT_TABLE images of the training split, downsampled as training
-        does: what a low_res model's sample grids and --mode=eval upsample by default."""
+        does, and their labels: what a low_res model's sample grids and --mode=eval upsample by
+        default."""
         from diffjax.conditioning.low_res import DEFAULT_TABLE, downsample
 
         source, _ = data.load_source(self.data.name, self.data.split, self.data.data_dir)
         count = min(len(source), DEFAULT_TABLE)
-        images = np.stack([np.asarray(source[i]["image"]) for i in range(count)])
+        examples = [source[i] for i in range(count)]
+        images = np.stack([np.asarray(e["image"]) for e in examples])
+        labels = np.array([int(e.get("label", 0)) for e in examples], np.int32)
         if images.ndim == 3:
             images = images[..., None]
         if self.data.image_size and images.shape[1] != self.data.image_size:
             images = np.stack([data._resize(im, self.data.image_size) for im in images])
         x = jnp.asarray(images, jnp.float32) / 127.5 - 1.0
-        return np.asarray(downsample(x, self.conditioning.options.size))
+        return np.asarray(downsample(x, self.conditioning.options.size)), labels
 
 
 def validate(config, devices: bool = True) -> Experiment:

@@ -158,3 +158,20 @@ def test_a_two_stage_cascade_and_upsample_through_launch(data_dir, tmp_path):
     result = json.load(open(os.path.join(base, "complete", report)))
     assert result["task"] == "super_resolution" and len(result["per_image"]["psnr"]) == 4
     assert {"psnr", "ssim", "psnr_bilinear", "psnr_observed"} <= set(result)
+
+
+def test_a_class_conditional_stage_keeps_each_inputs_class_and_guides_on_it():
+    """CDM's ImageNet stages are class-conditional: sampling entry i uses its image and class,
+    and guidance's null condition drops the class but keeps the image."""
+    options = low_res.LowResOptions(size=4, class_conditional=True, class_dropout=0.1)
+    cond = low_res.low_res(options, num_classes=10).bind((8, 8, 1))
+    table = np.random.default_rng(2).uniform(-1, 1, (3, 4, 4, 1)).astype(np.float32)
+    cond = cond.with_images(table, labels=[7, 2, 5])
+    out = cond.from_labels(jnp.array([2, 0]))
+    np.testing.assert_array_equal(np.asarray(out["label"]), [5, 7])
+    np.testing.assert_array_equal(np.asarray(out["low_res"]), table[[2, 0]])
+    null = cond.null(out)
+    np.testing.assert_array_equal(np.asarray(null["label"]), [10, 10])
+    np.testing.assert_array_equal(np.asarray(null["low_res"]), table[[2, 0]])
+    with pytest.raises(ConfigError, match="3 low-resolution inputs need as many class labels"):
+        cond.with_images(table, labels=[1, 2])

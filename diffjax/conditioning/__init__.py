@@ -163,8 +163,8 @@ class AugmentLabels(Conditioning):
     def with_prompts(self, prompts):
         return AugmentLabels(self.inner.with_prompts(prompts), self.dim)
 
-    def with_images(self, images):
-        return AugmentLabels(self.inner.with_images(images), self.dim)
+    def with_images(self, images, labels=None):
+        return AugmentLabels(self.inner.with_images(images, labels), self.dim)
 
     def bind(self, x_shape):
         return AugmentLabels(self.inner.bind(x_shape), self.dim)

@@ -47,11 +47,15 @@ class LowResOptions:
     size: int = 0
     noise_max: float = 0.0
     sampling_noise: float = 0.0
+    class_conditional: bool = False  # also the class label (CDM's ImageNet stages), with
+    class_dropout: float = 0.0       # dropout to the null label for guidance
 
     def __post_init__(self):
         check(self.size >= 0, "size", self.size,
               "must be >= 1 where used: the low-resolution side, smaller than the image")
         check(self.noise_max >= 0, "noise_max", self.noise_max, "must be >= 0 (0: no noise)")
+        check(0 <= self.class_dropout < 1, "class_dropout", self.class_dropout,
+              "must be in [0, 1)")
         check(0 <= self.sampling_noise <= max(self.noise_max, 0.0), "sampling_noise",
               self.sampling_noise, f"must lie in [0, noise_max={self.noise_max}], the levels "
               f"training showed the network")
@@ -59,12 +63,19 @@ class LowResOptions:
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class LowResImage(Conditioning):
-    """cond['low_res'] [B, size, size, C] in [-1, 1] (noised) and cond['low_res_level'] [B, 1].
-    images: the sampling table [N, size, size, C] float32 in [-1, 1] (None: not set yet)."""
+    """cond['low_res'] [B, size, size, C] in [-1, 1] (noised) and cond['low_res_level'] [B, 1],
+    plus `inner`'s (the class label where class_conditional). images: the sampling table
+    [N, size, size, C] float32 in [-1, 1] (None: not set yet); labels: its class labels [N]."""
 
     options: LowResOptions = LowResOptions()
     channels: int = 0
     images: np.ndarray | None = None
+    labels: np.ndarray | None = None
+    inner: Conditioning = Conditioning()
+
+    num_classes = property(lambda self: self.inner.num_classes)
+    supports_guidance = property(lambda self: self.inner.supports_guidance)
+    guidance_trained = property(lambda self: self.inner.guidance_trained)
 
     def bind(self, x_shape) -> LowResImage:
         height, width, channels = x_shape
@@ -83,13 +94,21 @@ class LowResImage(Conditioning):
 
     def train(self, batch: dict, rng) -> dict:
         low = downsample(batch["image"], self.options.size)
-        key_level, key_noise = jax.random.split(rng)
+        key_level, key_noise, key_inner = jax.random.split(rng, 3)
         level = self.options.noise_max * jax.random.uniform(key_level, (low.shape[0],))
-        return {"low_res": self._noised(low, level, key_noise), "low_res_level": level[:, None]}
+        return {**self.inner.train(batch, key_inner),
+                "low_res": self._noised(low, level, key_noise), "low_res_level": level[:, None]}
 
     def true(self, batch: dict) -> dict:
         low = downsample(batch["image"], self.options.size)
-        return {"low_res": low, "low_res_level": jnp.zeros((low.shape[0], 1), low.dtype)}
+        return {**self.inner.true(batch), "low_res": low,
+                "low_res_level": jnp.zeros((low.shape[0], 1), low.dtype)}
+
+    def null(self, cond: dict) -> dict | None:
+        null = self.inner.null(cond)
+        if null is None:
+            return None
+        return {**null, "low_res": cond["low_res"], "low_res_level": cond["low_res_level"]}
 
     def from_labels(self, labels) -> dict:
         """labels: [B] indices into the sampling table."""
@@ -98,11 +117,14 @@ class LowResImage(Conditioning):
                               "with --mode=upsample (config.sampling.low_res_input) or "
                               "config.sampling.cascade")
         low = jnp.asarray(self.images)[labels]
+        inner = {}
+        if self.inner.num_classes:
+            inner = self.inner.from_labels(jnp.asarray(self.labels)[labels])
         level = jnp.full((low.shape[0],), self.options.sampling_noise, jnp.float32)
         # the noise of table entry i is fixed by i, so a sample depends on its input alone
         keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.PRNGKey(17), i))(labels)
         noise = jax.vmap(lambda k: jax.random.normal(k, low.shape[1:], low.dtype))(keys)
-        return {"low_res": low + level[:, None, None, None] * noise,
+        return {**inner, "low_res": low + level[:, None, None, None] * noise,
                 "low_res_level": level[:, None]}
 
     def labels_for(self, num_samples: int, seed: int = 0, fixed: tuple = ()) -> np.ndarray:
@@ -110,9 +132,10 @@ class LowResImage(Conditioning):
         count = 1 if self.images is None else len(self.images)
         return np.resize(np.arange(count, dtype=np.int32), num_samples)
 
-    def with_images(self, images: np.ndarray) -> LowResImage:
+    def with_images(self, images: np.ndarray, labels=None) -> LowResImage:
         """This conditioning sampling `images`: uint8 or float [N, size, size, C] (uint8 in
-        0..255, float in [-1, 1]); ConfigError for another size or channel count."""
+        0..255, float in [-1, 1]), with class labels [N] for a class-conditional stage (None:
+        random ones); ConfigError for another size or channel count."""
         images = np.asarray(images)
         size, c = self.options.size, self.channels
         if images.ndim != 4 or images.shape[1:] != (size, size, c):
@@ -121,10 +144,25 @@ class LowResImage(Conditioning):
                               f"(config.conditioning.low_res.size={size})")
         if images.dtype == np.uint8:
             images = images.astype(np.float32) / 127.5 - 1.0
-        return dataclasses.replace(self, images=images.astype(np.float32))
+        if labels is None:
+            labels = self.inner.labels_for(len(images), 0)
+        labels = np.asarray(labels, np.int32)
+        if labels.shape != (len(images),):
+            raise ConfigError(f"{len(images)} low-resolution inputs need as many class labels, "
+                              f"got shape {labels.shape}")
+        return dataclasses.replace(self, images=images.astype(np.float32), labels=labels)
 
 
 @CONDITIONINGS.register("low_res", options=LowResOptions)
 def low_res(options: LowResOptions, num_classes: int) -> LowResImage:
-    del num_classes  # the table index is the sampling label: no classes alongside
-    return LowResImage(options)
+    """The table index is the sampling label; a class-conditional stage keeps the class of
+    each table entry beside it."""
+    inner = Conditioning()
+    if options.class_conditional:
+        from diffjax.conditioning import ClassLabel
+
+        if num_classes <= 0:
+            raise ConfigError("config.conditioning.low_res.class_conditional=True needs a "
+                              "labelled dataset, but config.data.name has no 'label' feature")
+        inner = ClassLabel(num_classes=num_classes, dropout=options.class_dropout)
+    return LowResImage(options, inner=inner)
