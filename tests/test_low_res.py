@@ -145,6 +145,11 @@ def test_a_two_stage_cascade_and_upsample_through_launch(data_dir, tmp_path):
              and f.endswith(".npz")]
     images = np.load(os.path.join(sr, "samples", npz))["images"]
     assert images.shape == (4, 16, 16, 1) and images.dtype == np.uint8
+    # without inputs it upsamples the training split's own downsampled digits
+    _launch("--workdir", sr, "--mode=sample", data_dir=data_dir)
+    [plain] = [f for f in os.listdir(os.path.join(sr, "samples")) if f.startswith("samples_")
+               and f.endswith(".npz")]
+    assert np.load(os.path.join(sr, "samples", plain))["images"].shape == (4, 16, 16, 1)
     low = np.random.default_rng(0).integers(0, 256, (3, 8, 8, 1), dtype=np.uint8)
     np.savez(tmp_path / "low.npz", images=low)
     _launch("--workdir", sr, "--mode=upsample",
