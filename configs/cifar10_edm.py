@@ -1,4 +1,4 @@
-"""EDM on CIFAR-10, unconditional (Karras et al. 2022): 56,532,355 params, FID 1.97 at 35 NFE.
+"""EDM on CIFAR-10, unconditional (Karras et al. 2022): 56,525,187 params, FID 1.97 at 35 NFE.
 
 Config F of EDM Table 2 (NVlabs/edm train.py defaults with --arch=ddpmpp --cond=0): the EDM
 preconditioning and loss (Table 1), ln sigma ~ N(-1.2, 1.2^2), lambda(sigma) = (sigma^2 +
@@ -10,9 +10,9 @@ The network is our ADM U-Net at the size of EDM's DDPM++ (SongUNet: 128 channels
 (2, 2, 2), 4 blocks, attention at 16, residual up/down, additive embedding); it lacks SongUNet's
 skip scaling. EDM's non-leaking augmentation (--augment=0.12, App. F.2) is ours (core.augment):
 x-flip, integer translation, isotropic and anisotropic scaling and rotation, each with p = 0.12,
-their 7 labels fed to the network as input channels; EDM also flips vertically (yflip), flips
-horizontally in half of all images whatever p, translates by fractions of a pixel and feeds 9
-labels through a linear map into the noise embedding.
+their 7 labels mapped linearly onto the noise level's embedding as EDM's map_augment does; EDM
+also flips vertically (yflip), flips horizontally in half of all images whatever p, translates
+by fractions of a pixel and has 9 labels.
 EDM ramps the EMA half-life up (ema_rampup_ratio 0.05); we use our EMA warmup instead.
 """
 

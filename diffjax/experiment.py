@@ -222,10 +222,13 @@ class Experiment:
         spec = NetworkSpec(self.x_shape, self.conditioning.num_classes,
                            self.training.compute_dtype, self.conditioning.text,
                            self.parameterization.num_noise_inputs,
-                           getattr(self.parameterization, "latent_dim", 0))
+                           getattr(self.parameterization, "latent_dim", 0),
+                           augment.NUM_LABELS if told else 0)
         self.network = _build(NETWORKS, *selected(config, NETWORKS), spec)
-        if self.conditioning.input_maps():
-            self.network = InputLabels(self.network, self.conditioning.input_maps())
+        embedded = getattr(self.network, "embedded", ())
+        maps = tuple(m for m in self.conditioning.input_maps() if m[0] not in embedded)
+        if maps:
+            self.network = InputLabels(self.network, maps)
         ctx = ObjectiveContext(self.schedule, self.parameterization, self.network,
                                self.conditioning, self.training.num_steps, tuple(self.x_shape),
                                self.load_run)

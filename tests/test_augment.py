@@ -109,8 +109,8 @@ def test_unknown_transforms_and_bad_probabilities_are_refused():
 def test_an_augmented_run_resumes_bit_exactly_and_samples_with_the_identity_labels(data_dir,
                                                                                    tmp_path):
     """The augmentation draws from the step's key inside the jitted step: 4 steps in one go equal
-    2, a restart and 2 more. The network takes the 7 label channels as input, and sampling feeds
-    it the identity's (zero) labels."""
+    2, a restart and 2 more. The U-Net embeds the 7 labels, and sampling feeds it the identity's
+    (zero) labels."""
     from conftest import tiny_config, train_run
 
     from diffjax.experiment import Experiment
@@ -125,8 +125,12 @@ def test_an_augmented_run_resumes_bit_exactly_and_samples_with_the_identity_labe
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     exp = Experiment(config)
     first = [leaf for path, leaf in jax.tree_util.tree_leaves_with_path(straight.params)
-             if "kernel" in jax.tree_util.keystr(path)][0]
-    assert first.shape[-2] == 1 + augment.NUM_LABELS  # a grey digit plus its labels
+             if "conv_in" in jax.tree_util.keystr(path) and "kernel" in
+             jax.tree_util.keystr(path)][0]
+    assert first.shape[-2] == 1  # the U-Net embeds the labels with the noise level (EDM)
+    embed = [leaf for path, leaf in jax.tree_util.tree_leaves_with_path(straight.params)
+             if "augment_embed" in jax.tree_util.keystr(path)]
+    assert [e.shape for e in embed] == [(augment.NUM_LABELS, 32)]  # onto the ch-wide sinusoid
     cond = exp.conditioning.from_labels(jnp.zeros((3,), jnp.int32))
     np.testing.assert_array_equal(np.asarray(cond["augment"]), np.zeros((3, augment.NUM_LABELS)))
     x, t = jnp.zeros((3, 16, 16, 1)), jnp.full((3,), 0.5)
@@ -146,6 +150,23 @@ def test_the_leaky_ablation_augments_without_telling_the_network(data_dir):
     told = Experiment(tiny_config(data_dir, **{"data.augment_p": 0.5}))
     untold = Experiment(tiny_config(data_dir, **{"data.augment_p": 0.5,
                                                  "data.augment_labels": False}))
-    assert isinstance(told.network, InputLabels) and not isinstance(untold.network, InputLabels)
+    assert told.network.embedded == ("augment",) and untold.network.embedded == ()
+    assert not isinstance(untold.network, InputLabels)
     assert untold._augment() is not None
     assert "augment" not in untold.conditioning.from_labels(jnp.zeros((2,), jnp.int32))
+
+
+def test_a_network_without_an_augment_embedding_takes_the_labels_as_input_channels(data_dir):
+    from conftest import tiny_config
+
+    from diffjax.experiment import Experiment
+    from diffjax.models.network import InputLabels
+
+    exp = Experiment(tiny_config(data_dir, **{
+        "data.augment_p": 0.5, "model.name": "dit", "model.dit.patch_size": 4,
+        "model.dit.hidden_size": 32, "model.dit.depth": 1, "model.dit.num_heads": 2}))
+    assert isinstance(exp.network, InputLabels)
+    params = jax.eval_shape(exp.network.init, jax.random.key(0))
+    [patch] = [leaf.shape for path, leaf in jax.tree_util.tree_leaves_with_path(params)
+               if "kernel" in jax.tree_util.keystr(path) and len(leaf.shape) == 4]
+    assert patch[-2] == 1 + augment.NUM_LABELS

@@ -66,13 +66,13 @@ PUBLISHED = {
     # openai/improved-diffusion's UNetModel at its flags: 52,546,438 with learn_sigma, as ours.
     "cifar10_iddpm.py": (52_546_438, 50e6, 10e6, 0),
     # EDM Table 7, config F (VP): 55.73M; NVlabs/edm SongUNet (DDPM++, channel_mult [2, 2, 2],
-    # augment_dim 9) counts 55,733,891. Ours feeds the 7 augmentation labels to the first 3x3
-    # conv as input channels (7 x 9 x 128) where SongUNet maps 9 labels linearly (9 x 128, no
-    # bias), lacks the 1x1 convs on the skip path of its 4 resampling blocks (resample_proj,
-    # 256 ch), and puts attention after each of the 5 decoder blocks at 16x16 (DDPM/ADM) where
-    # DDPM++ has it after the last one only: 4 more attention layers.
+    # augment_dim 9) counts 55,733,891. Ours maps 7 augmentation labels where SongUNet maps 9
+    # (map_augment, 128 wide, no bias), lacks the 1x1 convs on the skip path of its 4
+    # resampling blocks (resample_proj, 256 ch), and puts attention after each of the 5 decoder
+    # blocks at 16x16 (DDPM/ADM) where DDPM++ has it after the last one only: 4 more attention
+    # layers.
     "cifar10_edm.py": (55_733_891, 55.73e6, 0.01e6,
-                       -9 * 128 + 7 * 9 * 128 - 4 * _conv1x1(256, 256) + 4 * _attention(256)),
+                       -9 * 128 + 7 * 128 - 4 * _conv1x1(256, 256) + 4 * _attention(256)),
     # EDM Table 7, config A (VP): score_sde's DDPM++ cont., 61.80M; SongUNet, which loads
     # score_sde's checkpoints, counts 61,804,419 at channel_mult [1, 2, 2, 2]. Ours: no 1x1 skip
     # convs on the 6 resampling blocks (128 ch at the first down, 256 after) and 4 more decoder

@@ -37,6 +37,10 @@ class NetworkSpec:
     text: Any = None  # a models.text.TextSpec when cond carries text tokens (cross-attention)
     num_noise_inputs: int = 1  # the parameterization's c_noise arrays (2: MeanFlow's (t, t - r))
     latent_dim: int = 0  # the width of a latent last noise input (DDGAN's z); 0: none
+    # The width of cond['augment'] (augmentation labels) a network may embed itself, as EDM's
+    # map_augment does; one that does lists 'augment' in `embedded`, else the labels arrive as
+    # input channels (InputLabels). 0: none.
+    augment_dim: int = 0
 
 
 def noise_cond_shapes(num_noise_inputs: int, latent_dim: int, batch: int):
@@ -117,6 +121,7 @@ class LinenNetwork(Network):
     num_fixed_scalars: int = 0
     stochastic: bool = True
     init_cond: Any = None  # the conditioning input init traces with (None: no conditioning)
+    embedded: tuple[str, ...] = ()  # cond keys the module embeds itself (e.g. 'augment')
 
     def _cond_input(self, cond: dict):
         return cond if self.cond_key is None else (cond or {}).get(self.cond_key)

@@ -173,6 +173,7 @@ class UNet(nn.Module):
     num_classes: int = 0  # 0: unconditional; >0: label num_classes is the null label (CFG)
     resblock_updown: bool = False  # ADM: down/upsample inside residual blocks
     use_scale_shift_norm: bool = False  # ADM: FiLM (scale, shift) from the time embedding
+    augment_dim: int = 0  # EDM: augmentation labels embedded with the noise level (0: none)
     dtype: Any = jnp.float32  # compute dtype; params are always float32
     text: Any = None  # a models.text.TextSpec: cross-attention to text after each self-attention
 
@@ -194,11 +195,15 @@ class UNet(nn.Module):
         `text`, the cond dict {'tokens': [B, L], 'mask': [B, L]} (LDM-style cross-attention).
         Returns [B, H, W, out_channels] float32.
         """
-        context = None
+        context, augment = None, None
+        if self.augment_dim:  # the whole cond dict: its labels and augmentation labels
+            cond = labels or {}
+            augment = cond.get("augment")
+            labels = cond if self.text is not None else cond.get("label")
         if self.text is not None:
             context = text.encode_context(self.text, self.dtype, labels)
             labels = None
-        temb = self._embedding(noise_cond, labels, x.shape[0])
+        temb = self._embedding(noise_cond, labels, x.shape[0], augment)
         h = _conv(self.ch, 3, self.dtype, name="conv_in")(x.astype(self.dtype))
         h, skips = self._down(h, temb, train, context)
         channels = h.shape[-1]
@@ -210,13 +215,15 @@ class UNet(nn.Module):
         h = _conv(self.out_channels, 3, self.dtype, zero_init=True, name="conv_out")(h)
         return h.astype(jnp.float32)
 
-    def _embedding(self, noise_cond, labels, batch: int) -> jax.Array:
+    def _embedding(self, noise_cond, labels, batch: int, augment=None) -> jax.Array:
         """Time embedding (DDPM App. B): sinusoid(ch) -> Dense(4ch) -> swish -> Dense(4ch),
         plus the class embedding (num_classes + 1 rows, the last the null label). [B, 4 ch].
         A tuple of noise inputs (MeanFlow's (t, t - r)) gets one such embedding each (the k-th
         named temb{k}_dense*), summed, as MeanFlow's networks embed t and t - r. A latent input
         [B, D] (DDGAN's z) skips the sinusoid: Dense -> swish -> Dense, a mapping network whose
-        output modulates every residual block with the time embedding."""
+        output modulates every residual block with the time embedding. With augment_dim, the
+        augmentation labels [B, augment_dim] (zeros: none) are mapped linearly, without bias,
+        onto the first sinusoid (EDM's map_augment)."""
         inputs = noise_cond if isinstance(noise_cond, (tuple, list)) else (noise_cond,)
         temb_dim = 4 * self.ch
         dense = dict(dtype=self.dtype, param_dtype=jnp.float32)
@@ -228,6 +235,12 @@ class UNet(nn.Module):
                 features = value
             else:
                 features = sinusoidal_embedding(jnp.broadcast_to(value, (batch,)), self.ch)
+            if k == 0 and self.augment_dim:
+                if augment is None:
+                    augment = jnp.zeros((batch, self.augment_dim), jnp.float32)
+                features = features + nn.Dense(features.shape[-1], use_bias=False,
+                                               name="augment_embed", **dense)(
+                    jnp.asarray(augment, jnp.float32))
             h = nn.Dense(temb_dim, name=f"{prefix}_dense0", **dense)(features)
             temb = temb + nn.Dense(temb_dim, name=f"{prefix}_dense1", **dense)(nn.swish(h))
         if self.num_classes > 0:
@@ -389,11 +402,14 @@ def build_unet(options: UNetOptions, spec: NetworkSpec) -> LinenNetwork:
                   head_channels=options.head_channels, num_classes=spec.num_classes,
                   resblock_updown=bool(options.resblock_updown),
                   use_scale_shift_norm=bool(options.use_scale_shift_norm),
-                  dtype=DTYPES[spec.compute_dtype], text=spec.text)
-    if spec.text is not None:  # the module takes the whole cond dict
+                  dtype=DTYPES[spec.compute_dtype], text=spec.text,
+                  augment_dim=spec.augment_dim)
+    if spec.augment_dim:
+        extras["embedded"] = ("augment",)
+    if spec.text is not None or spec.augment_dim:  # the module takes the whole cond dict
         return LinenNetwork(module=module, x_shape=tuple(spec.x_shape),
                             out_channels=channels, cond_key=None,
-                            init_cond=text_init_cond(spec.text), **extras,
+                            init_cond=text_init_cond(spec.text) if spec.text else None, **extras,
                             num_noise_inputs=spec.num_noise_inputs, latent_dim=spec.latent_dim,
                             stochastic=options.dropout > 0)
     return LinenNetwork(module=module, x_shape=tuple(spec.x_shape),
