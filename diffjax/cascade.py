@@ -10,7 +10,6 @@ stage i + 1's conditioning.low_res.size and channels are stage i's image.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 
@@ -21,20 +20,11 @@ from diffjax.errors import ConfigError
 
 def stage_experiment(exp, workdir: str):
     """The Experiment of the trained run in `workdir` (its config.json) on exp's devices."""
-    from diffjax import config_lib
     from diffjax.experiment import Experiment
 
-    path = os.path.abspath(workdir)
-    config_path = os.path.join(path, "config.json")
-    if not os.path.isfile(config_path):
-        raise ConfigError(f"config.sampling.cascade names {workdir!r}, but {config_path} does not "
-                          f"exist; allowed: workdirs of trained runs, base first")
-    with open(config_path) as f:
-        saved = json.load(f)
-    config = config_lib.merge_saved(exp.config, saved, set())
-    config.mesh = exp.config.mesh
+    config = exp.run_config(workdir, "sampling.cascade")
     config.sampling.cascade = ()
-    return Experiment(config, path, load_data=False)
+    return Experiment(config, os.path.abspath(workdir), load_data=False)
 
 
 def _image_shape(stage) -> tuple[int, int, int]:

@@ -254,26 +254,35 @@ class Experiment:
                               f"parameterization={diffusion['parameterization']!r} feeds "
                               f"{wanted}: use a network that embeds it (unet, dit)")
 
-    def load_run(self, workdir: str, key: str, step: int | None = None):
-        """The trained run in `workdir` as an objectives.Teacher, built from its config.json on
-        this run's devices, with its sampling params (default EMA, newest good checkpoint).
-        key: the config field that named it, for errors. step: None, the checkpoints its own
-        config.sampling names; 0, its newest good one; else that step."""
+    def run_config(self, workdir: str, key: str):
+        """The config of the trained run in `workdir` (its config.json over this config), on
+        this run's mesh. key: the config field that named it, for the error when it is not a
+        trained run."""
         import json
 
-        from diffjax import config_lib, restore
-        from diffjax.objectives import Teacher
+        from diffjax import config_lib
 
-        path = os.path.abspath(workdir)
-        config_path = os.path.join(path, "config.json")
+        config_path = os.path.join(os.path.abspath(workdir), "config.json")
         if not os.path.isfile(config_path):
             raise ConfigError(f"config.{key}={workdir!r} is invalid: {config_path} does not "
                               f"exist; name the workdir of a trained run of this codebase "
                               f"(train it first: python launch.py --workdir {workdir})")
         with open(config_path) as f:
             saved = json.load(f)
-        run_config = config_lib.merge_saved(self.config, saved, set())
-        run_config.mesh = self.config.mesh
+        config = config_lib.merge_saved(self.config, saved, set())
+        config.mesh = self.config.mesh
+        return config
+
+    def load_run(self, workdir: str, key: str, step: int | None = None):
+        """The trained run in `workdir` as an objectives.Teacher, built from its config.json on
+        this run's devices, with its sampling params (default EMA, newest good checkpoint).
+        key: the config field that named it, for errors. step: None, the checkpoints its own
+        config.sampling names; 0, its newest good one; else that step."""
+        from diffjax import restore
+        from diffjax.objectives import Teacher
+
+        path = os.path.abspath(workdir)
+        run_config = self.run_config(workdir, key)
         # The loaded run samples plainly (a run saved before autoguidance keeps ours otherwise).
         run_config.sampling.guidance, run_config.sampling.guide_workdir = "classifier_free", ""
         run_config.sampling.guide_checkpoint_step = 0
@@ -514,7 +523,6 @@ class Experiment:
         guide = self.load_guide(sampling) if sampling.guidance == "autoguidance" else None
         return Generator(self, sampling, grid or self.grid, sampler, options, guide)
 
-
     def with_low_res(self, images, labels=None) -> None:
         """Samples of a low_res model from now on upsample `images` [N, size, size, C] (uint8, or
         float in [-1, 1]), in turn, with class labels [N] where the stage is class-conditional
@@ -528,14 +536,8 @@ class Experiment:
         from diffjax.conditioning.low_res import DEFAULT_TABLE, downsample
 
         source, _ = data.load_source(self.data.name, self.data.split, self.data.data_dir)
-        count = min(len(source), DEFAULT_TABLE)
-        examples = [source[i] for i in range(count)]
-        images = np.stack([np.asarray(e["image"]) for e in examples])
-        labels = np.array([int(e.get("label", 0)) for e in examples], np.int32)
-        if images.ndim == 3:
-            images = images[..., None]
-        if self.data.image_size and images.shape[1] != self.data.image_size:
-            images = np.stack([data._resize(im, self.data.image_size) for im in images])
+        pipeline = data.Pipeline(source, 1, 0, image_size=self.data.image_size, in_memory=False)
+        images, labels = pipeline.examples(np.arange(min(len(source), DEFAULT_TABLE)))
         x = jnp.asarray(images, jnp.float32) / 127.5 - 1.0
         return np.asarray(downsample(x, self.conditioning.options.size)), labels
 

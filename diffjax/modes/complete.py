@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffjax import data, parallel, progress, restore, samplers
+from diffjax import data, parallel, progress, restore, samplers, writers
 from diffjax.codecs import to_uint8
 from diffjax.errors import ConfigError
 from diffjax.evaluation.image_quality import psnr, ssim
@@ -134,8 +134,6 @@ def complete_workdir(exp) -> str:
         os.makedirs(directory, exist_ok=True)
         np.savez(os.path.join(directory, name + ".npz"),
                  **{k: v for k, v in out.items() if k != "bilinear"})
-        from diffjax import writers
-
         writers.save_grid(triplet_grid(out["original"], out["observed"], out["restored"])[None],
                           os.path.join(directory, name + ".png"))
         with open(path, "w") as f:

@@ -40,8 +40,8 @@ def evaluate_workdir(exp) -> dict:
     """Evaluates the newest checkpoint of exp.workdir; writes and returns the result dict."""
     ev, s = exp.eval, exp.sampling
     params, step = restore.sampling_params(exp, exp.workdir)
-    gen = exp.generator()
-    compile_seconds = gen.compile(params)
+    gen = None if s.cascade else exp.generator()  # a cascade builds its stages' own
+    compile_seconds = 0.0 if gen is None else gen.compile(params)
     evaluator = Evaluator(ev, exp.data, exp.metrics, exp.mesh)
     start = time.time()
     reference = evaluator.describe()
@@ -65,10 +65,12 @@ def evaluate_workdir(exp) -> dict:
         if seed == seeds[0]:
             batches = _keep_first(batches, shown, s.grid_samples)
         scores = evaluator.score(batches)
-        per_seed.append({"seed": seed, **scores, "nfe": gen.nfe, "sampling_seconds": clock[0],
+        per_seed.append({"seed": seed, **scores, "sampling_seconds": clock[0],
                          "samples_per_sec": ev.num_samples / max(clock[0], 1e-9)})
         if s.cascade:
             per_seed[-1].update(nfe=sum(r["nfe"] for r in stages), cascade=stages)
+        else:
+            per_seed[-1]["nfe"] = gen.nfe
         _log(
             f"step {step} seed {seed}: "
             + ", ".join(f"{k}={v:.5g}" for k, v in per_seed[-1].items() if k in METRIC_KEYS)
@@ -101,8 +103,8 @@ def evaluate_workdir(exp) -> dict:
         writers.save_grid(np.concatenate(shown)[:s.grid_samples], path[:-len(".json")] + ".png")
         summary = ", ".join(f"{k}={result[k]:.5g}" for k in METRIC_KEYS if k in result)
         _log(
-            f"step {step}, {s.sampler} {gen.nfe} NFE, {ev.num_samples} samples x {len(seeds)} "
-            f"seed(s), {ev.aggregate}: {summary}\nwrote {path}"
+            f"step {step}, {s.sampler} {result['nfe']} NFE, {ev.num_samples} samples x "
+            f"{len(seeds)} seed(s), {ev.aggregate}: {summary}\nwrote {path}"
         )
         if ev.num_samples < 50_000 and "fid" in result:
             _log(f"note: FID of {ev.num_samples} samples is biased upward against the usual "
