@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Sets up .venv (once) and runs diffjax:
 #   bash run.sh train [launch.py flags]   train the embedded default into runs/default, then score
-#                                         it (FINAL_EVAL_SAMPLES=2000; 0 skips)
+#                                         it (FINAL_EVAL_SAMPLES=2000; 0 skips; FINAL_EVAL_METRICS)
 #   bash run.sh test  [pytest args]       run the test suite
 #   bash run.sh setup                     only install
 set -euo pipefail
@@ -43,10 +43,10 @@ case "$cmd" in
          "$VENV/bin/python" launch.py --workdir "$WD" "$@"
          t2=$(date +%s)
          echo "training: $((t2 - t1)) s"
-         if [ "${FINAL_EVAL_SAMPLES:-2000}" != 0 ]; then  # FID, KID and copy rate into $WD/eval/
+         if [ "${FINAL_EVAL_SAMPLES:-2000}" != 0 ]; then  # FID, KID, copy rate, digit classes into $WD/eval/
            "$VENV/bin/python" launch.py --workdir "$WD" --mode=eval \
              --config.eval.num_samples="${FINAL_EVAL_SAMPLES:-2000}" \
-             --config.eval.metrics="('fid','kid','copy_rate')"
+             --config.eval.metrics="${FINAL_EVAL_METRICS:-('fid','kid','copy_rate','digit_classes')}"
            echo "final evaluation: $(($(date +%s) - t2)) s"
          fi ;;
   test)  setup_test; "$VENV/bin/ruff" check diffjax configs experiments tests launch.py

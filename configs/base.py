@@ -48,7 +48,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.inpaint = plugins.settings_section(settings.InpaintOptions)  # --mode=inpaint
     config.complete = plugins.settings_section(settings.CompleteOptions)  # --mode=complete
     # --mode=eval and the FID during training: metrics fid | kid | inception_score |
-    # precision_recall, options in eval.<metric>
+    # precision_recall | copy_rate | digit_classes, options in eval.<metric>
     config.eval = plugins.settings_with_parts(settings.EvalOptions, plugins.KINDS["eval"])
     config.mesh = plugins.settings_section(settings.MeshOptions)
     config.benchmark = plugins.settings_section(settings.BenchmarkOptions)

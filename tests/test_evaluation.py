@@ -166,6 +166,27 @@ def test_copy_rate_equals_brute_force_and_counts_near_copies():
         metrics.copy_rate(train, fresh, 100)
 
 
+def test_digit_classes_reads_the_digits_held_out_real_images_show(data_dir):
+    from diffjax.evaluation import digit_classifier, scores
+
+    images, labels = digit_classifier._split("mnist_embedded", "train[90%:]", data_dir)
+    metric = scores.DigitClasses(scores.DigitClassesOptions(classifier_steps=300))
+
+    def pixels(x):
+        return {"pixels": x.reshape(len(x), -1).astype(np.float32) / 255.0}
+
+    every = metric.score(pixels(images), {})
+    assert every["classes_present"] == 10
+    np.testing.assert_allclose(every["class_shares"], np.bincount(labels, minlength=10)
+                               / len(labels), atol=0.04)
+    zeros_and_ones = metric.score(pixels(images[labels <= 1]), {})
+    assert zeros_and_ones["classes_present"] == 2
+    assert zeros_and_ones["class_min_share"] == 0.0
+    assert sum(zeros_and_ones["class_shares"][:2]) > 0.95
+    with pytest.raises(ValueError, match=r"784 values per image\); these samples have 256"):
+        metric.score({"pixels": np.zeros((4, 256), np.float32)}, {})
+
+
 def test_paper_protocol_aggregates_the_best_seed_or_the_mean():
     from diffjax.modes.evaluate import aggregate
 

@@ -128,8 +128,53 @@ class CopyRate(Metric):
         return metrics.copy_rate(reference["pixels"], generated["pixels"], self.options.percentile)
 
 
+@dataclasses.dataclass(frozen=True)
+class DigitClassesOptions:
+    """Which digits the samples show, read by a small CNN trained on `dataset`'s train[:90%] for
+    `classifier_steps` Adam steps (diffjax.evaluation.digit_classifier); a digit is present when
+    at least `min_share` of the samples read as it."""
+
+    dataset: str = "mnist_embedded"
+    min_share: float = 0.02
+    classifier_steps: int = 1500
+
+    def __post_init__(self):
+        check(0 < self.min_share < 0.1, "min_share", self.min_share, "must lie in (0, 0.1)")
+        check(self.classifier_steps >= 1, "classifier_steps", self.classifier_steps,
+              "must be >= 1")
+
+
+class DigitClasses(Metric):
+    """classes_present (of 10), class_min_share and class_shares [10] of 28x28 grayscale digit
+    samples, plus the classifier's held-out accuracy: mode dropping shows here, not in FID."""
+
+    needs_pixels = True
+
+    def __init__(self, options: DigitClassesOptions):
+        self.options = options
+        self._classifier = None
+
+    def score(self, generated, reference):
+        from diffjax.evaluation import digit_classifier
+
+        pixels = generated["pixels"]
+        if pixels.shape[1] != 28 * 28:
+            raise ValueError(f"metric 'digit_classes' reads 28x28 grayscale digits (784 values "
+                             f"per image); these samples have {pixels.shape[1]}")
+        if self._classifier is None:
+            self._classifier = digit_classifier.train_digit_classifier(
+                name=self.options.dataset, num_steps=self.options.classifier_steps)
+        images = np.round(pixels * 255).astype(np.uint8).reshape(-1, 28, 28, 1)
+        shares = np.bincount(self._classifier.predict(images), minlength=10) / len(images)
+        return {"classes_present": int(np.sum(shares >= self.options.min_share)),
+                "class_min_share": float(shares.min()),
+                "class_shares": [round(float(v), 4) for v in shares],
+                "digit_classifier_accuracy": self._classifier.held_out_accuracy}
+
+
 METRICS.register("fid")(lambda options: FID())
 METRICS.register("kid", options=KIDOptions)(KID)
 METRICS.register("inception_score", options=InceptionScoreOptions)(InceptionScore)
 METRICS.register("precision_recall", options=PrecisionRecallOptions)(PrecisionRecall)
 METRICS.register("copy_rate", options=CopyRateOptions)(CopyRate)
+METRICS.register("digit_classes", options=DigitClassesOptions)(DigitClasses)

@@ -141,7 +141,7 @@ def _timed(batches: Iterator[np.ndarray], clock: list[float]) -> Iterator[np.nda
 
 
 METRIC_KEYS = ("fid", "kid_mean", "kid_std", "is_mean", "is_std", "precision", "recall",
-               "copy_rate")
+               "copy_rate", "classes_present", "class_min_share")
 
 
 def _log(message: str) -> None:
