@@ -1,21 +1,22 @@
 """Consistency distillation (CD, Song et al. 2023) of a trained diffjax run on the embedded
 digits, sampled in 1, 2 or 4 steps (--config.sampling.num_steps=1|2|4). Name the teacher:
 
+    python launch.py --config configs/mnist_ddpm.py --workdir runs/mnist_ddpm  # the teacher
     python launch.py --config configs/mnist_cd.py --workdir runs/mnist_cd \\
-        --config.objective.consistency_distillation.teacher=runs/default
+        --config.objective.consistency_distillation.teacher=runs/mnist_ddpm
 
 CD's CIFAR-10 settings: N = 18 EDM levels, Heun teacher steps, target EMA mu = 0.95; pseudo-
-Huber (iCT) instead of LPIPS. The student's levels 0.01 .. 80 lie inside the default DDPM
-teacher's 0.01 .. 157 (linear betas). The student is the default config's U-Net (1,112,801
+Huber (iCT) instead of LPIPS. The student's levels 0.01 .. 80 lie inside the DDPM
+teacher's 0.01 .. 157 (linear betas). The student is that DDPM's U-Net (1,112,801
 params) with the consistency parameterization, initialised afresh (the teacher predicts eps, so
 its weights mean something else). A step costs 1 + 2 + 1 forward passes (student, Heun, target).
 """
 
-from configs import default
+from configs import mnist_ddpm
 
 
 def get_config():
-    config = default.get_config()
+    config = mnist_ddpm.get_config()
     config.diffusion.schedule = "edm"
     config.diffusion.edm.sigma_min = 0.01
     config.diffusion.parameterization = "consistency"

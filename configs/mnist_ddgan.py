@@ -12,11 +12,11 @@ T = 4), the default config's U-Net with scale-shift norm and a 100-wide latent e
 run (700 steps, the students' 30-minute budget on 2 CPU cores).
 """
 
-from configs import default
+from configs import mnist_ddpm
 
 
 def get_config():
-    config = default.get_config()
+    config = mnist_ddpm.get_config()
     config.diffusion.schedule = "vp_linear"
     config.diffusion.parameterization = "x0_latent"
     config.diffusion.latent_dim = 100

@@ -10,11 +10,11 @@ steps, logit-normal times) left speckled digits; the FID/KID of both against the
 in README.md ("Flow matching, DiT and text-to-image").
 """
 
-from configs import default
+from configs import mnist_ddpm
 
 
 def get_config():
-    config = default.get_config()
+    config = mnist_ddpm.get_config()
     config.model.name = "dit"
     config.model.dit.patch_size = 4
     config.model.dit.hidden_size = 192

@@ -10,11 +10,11 @@ decay, dropout 0.1 and EMA 0.999 over this short run. The same network as config
 so the two costs compare: a step here is one forward pass more (the target).
 """
 
-from configs import default
+from configs import mnist_ddpm
 
 
 def get_config():
-    config = default.get_config()
+    config = mnist_ddpm.get_config()
     config.diffusion.schedule = "edm"
     config.diffusion.parameterization = "consistency"
     config.objective.name = "consistency_training"

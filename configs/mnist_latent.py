@@ -13,11 +13,11 @@ computed on the decoded images against the 5,000 digits. Budgets and the measure
 README.md ("Latent diffusion").
 """
 
-from configs import default
+from configs import mnist_ddpm
 
 
 def get_config():
-    config = default.get_config()
+    config = mnist_ddpm.get_config()
     ae = config.autoencoder
     ae.block_out_channels = (32, 64, 64)   # f = 4: 28 -> 14 -> 7
     ae.layers_per_block = 1

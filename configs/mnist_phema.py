@@ -4,11 +4,11 @@ embedded digits, with EDM2's power-function EMA (sigma_rel 0.05 and 0.10) and it
 autoguidance (its step-400 checkpoint as the guide) all read. Every checkpoint is kept for that
 guide."""
 
-from configs import default
+from configs import mnist_ddpm
 
 
 def get_config():
-    config = default.get_config()
+    config = mnist_ddpm.get_config()
     config.data.split = "train[:90%]"
     config.ema.name = "power"
     config.ema.power.sigma_rels = (0.05, 0.10)  # EDM2 Sec. 3.1

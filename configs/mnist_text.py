@@ -10,11 +10,11 @@ Sample with prompts:
 Prompt fidelity and FID by guidance scale: python -m experiments.prompt_fidelity runs/mnist_text
 """
 
-from configs import default
+from configs import mnist_ddpm
 
 
 def get_config():
-    config = default.get_config()
+    config = mnist_ddpm.get_config()
     config.conditioning.name = "text"
     config.conditioning.text.dropout = 0.1     # prompt dropout -> the unconditional model
     config.conditioning.text.width = 64        # the text encoder: 2 layers, 4 heads, width 64

@@ -5,7 +5,7 @@ augmentation told to the network (leak-free) and with it untold (leaky).
     python -m experiments.augment_leak                       # 500 digits, 800 steps, p = 0.2
     python -m experiments.augment_leak --num_train 500 --steps 800 --p 0.2 --num_samples 500
 
-Each arm trains configs/default.py through launch.py into runs/augment_leak/<arm> (a rerun
+Each arm trains configs/mnist_ddpm.py through launch.py into runs/augment_leak/<arm> (a rerun
 resumes or skips it), then draws num_samples samples with the recipe's sampler and scores them:
 FID and KID against the 5,000 embedded digits (the cached reference statistics), the copy rate
 against the arm's own training digits, and the leak: the share of samples that an orientation
@@ -39,11 +39,11 @@ def arms(p: float) -> dict[str, dict]:
 
 
 def train(workdir: str, overrides: dict) -> float:
-    """Trains configs/default.py with `overrides` into workdir through launch.py; seconds."""
+    """Trains configs/mnist_ddpm.py with `overrides` into workdir through launch.py; seconds."""
     flags = [f"--config.{k}={v}" for k, v in overrides.items()]
     start = time.time()
     subprocess.run([sys.executable, os.path.join(ROOT, "launch.py"), "--config",
-                    os.path.join(ROOT, "configs", "default.py"), "--workdir", workdir, *flags],
+                    os.path.join(ROOT, "configs", "mnist_ddpm.py"), "--workdir", workdir, *flags],
                    check=True, cwd=ROOT)
     return time.time() - start
 
@@ -120,7 +120,7 @@ def main(argv=None) -> int:
     record = os.path.join(OUT_DIR, "results.json")
     settings = {"num_train": args.num_train, "steps": args.steps, "p": args.p,
                 "num_samples": args.num_samples, "transforms": list(augment.TRANSFORMS),
-                "sampler": "ddpm, 100 steps (configs/default.py)"}
+                "sampler": "ddpm, 100 steps (configs/mnist_ddpm.py)"}
     results = {"settings": settings, "arms": {}}
     if os.path.exists(record):
         with open(record) as f:

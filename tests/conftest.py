@@ -43,10 +43,11 @@ def data_dir(tmp_path_factory):
 
 
 def tiny_config(data_dir: str, **overrides):
-    """The default config shrunk to a 16x16 two-level U-Net, batch 8, a few steps."""
-    from configs import default
+    """configs/mnist_ddpm.py (DDPM, linear betas, eps) shrunk to a 16x16 two-level U-Net, batch
+    8, a few steps."""
+    from configs import mnist_ddpm
 
-    config = default.get_config()
+    config = mnist_ddpm.get_config()
     config.data.data_dir = data_dir
     config.data.image_size = 16
     config.model.unet.ch = 32

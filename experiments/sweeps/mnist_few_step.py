@@ -1,6 +1,6 @@
 """Few-step generation on the embedded digits: one shared teacher against the few-step methods.
 
-The teacher is configs/default.py (DDPM, eps, 1,600 steps of 64), trained once and counted once;
+The teacher is configs/mnist_ddpm.py (DDPM, eps, 1,600 steps of 64), trained once and counted once;
 every student gets at most 30 minutes on 2 CPU cores. Each model is scored by FID and KID of
 2,000 samples (one seed) against all 5,000 digits (cached Inception statistics): the students at
 1, 2 and 4 NFE with their own samplers, the teacher at 4, 10, 35 and 100 NFE with DPM-Solver++(2M)
@@ -36,7 +36,7 @@ NUM_SAMPLES = 2000
 
 # name -> (config file, overrides, what it is). '{teacher}' is the teacher's workdir.
 MODELS = {
-    "teacher": ("configs/default.py", {}, "DDPM teacher (eps, linear betas)"),
+    "teacher": ("configs/mnist_ddpm.py", {}, "DDPM teacher (eps, linear betas)"),
     "ict": ("configs/mnist_ict.py", {}, "iCT consistency training (no teacher)"),
     "meanflow": ("configs/mnist_meanflow.py", {}, "MeanFlow (no teacher; JVP target)"),
     "cd": ("configs/mnist_cd.py",

@@ -9,7 +9,7 @@ digits. KID is unbiased at this sample count; FID at 500 samples is biased upwar
 comparable within this table.
 """
 
-BASE_CONFIG = "configs/default.py"
+BASE_CONFIG = "configs/mnist_ddpm.py"
 
 GRID = {
     "diffusion.schedule": ["linear", "cosine"],
