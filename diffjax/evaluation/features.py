@@ -63,7 +63,7 @@ class InceptionExtractor:
     """FID Inception-v3 over a mesh: `extract(images)` -> {'pool3': [N, 2048] float32} (plus
     'logits_unbiased': [N, 1008] when the params hold the fc head).
 
-    The network is compiled once per global batch; preprocessing (resize to 299 and scaling) is
+    The network is compiled once per padded batch size (see _padded_size); preprocessing (resize to 299 and scaling) is
     compiled once per input shape and dtype. Every process must pass the same images; each
     device computes its slice of every batch."""
 
@@ -87,6 +87,18 @@ class InceptionExtractor:
         self._net = _network(self.has_head, self.mesh)
         self._preprocess = _preprocessor(self.preprocessing, self.mesh)
 
+    def _padded_size(self, n: int) -> int:
+        """The smallest of batch_size, batch_size / 2, batch_size / 4, ... (each rounded up to a
+        multiple of the device count) that holds n images: a small set is not padded to a whole
+        batch, and at most log2(batch_size) extra programs are compiled."""
+        n_dev, size = self.mesh.devices.size, self.batch_size
+        while size > n_dev:
+            half = -(-(size // 2) // n_dev) * n_dev
+            if half < n or half == size:
+                break
+            size = half
+        return size
+
     def _global(self, batch: np.ndarray) -> jax.Array:
         return jax.make_array_from_callback(batch.shape, self._data, lambda index: batch[index])
 
@@ -96,7 +108,7 @@ class InceptionExtractor:
         n = len(images)
         if n > self.batch_size:
             raise DataError(f"{n} images exceed the batch size {self.batch_size}")
-        padded = np.zeros((self.batch_size, *images.shape[1:]), images.dtype)
+        padded = np.zeros((self._padded_size(n), *images.shape[1:]), images.dtype)
         padded[:n] = images
         x = self._preprocess(self._global(padded))
         out = parallel.to_host(self._net(self.params, x))
