@@ -63,8 +63,8 @@ class InceptionExtractor:
     """FID Inception-v3 over a mesh: `extract(images)` -> {'pool3': [N, 2048] float32} (plus
     'logits_unbiased': [N, 1008] when the params hold the fc head).
 
-    The network is compiled once per padded batch size (see _padded_size); preprocessing (resize to 299 and scaling) is
-    compiled once per input shape and dtype. Every process must pass the same images; each
+    The network is compiled once per padded batch size (see _padded_size); preprocessing
+    (resize to 299 and scaling) is compiled once per input shape and dtype. Every process must pass the same images; each
     device computes its slice of every batch."""
 
     def __init__(
