@@ -64,8 +64,8 @@ class InceptionExtractor:
     'logits_unbiased': [N, 1008] when the params hold the fc head).
 
     The network is compiled once per padded batch size (see _padded_size); preprocessing
-    (resize to 299 and scaling) is compiled once per input shape and dtype. Every process must pass the same images; each
-    device computes its slice of every batch."""
+    (resize to 299 and scaling) is compiled once per input shape and dtype. Every process must
+    pass the same images; each device computes its slice of every batch."""
 
     def __init__(
         self, params: dict, mesh=None, batch_size: int = 100, preprocessing: str = "pytorch_fid"
