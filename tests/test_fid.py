@@ -305,3 +305,16 @@ def test_cli_refuses_empty_folders_and_npz_without_images_or_stats(tmp_path):
     with pytest.raises(ValueError, match="must share one size"):
         next(stats_io.ImageSet(str(mixed)).batches(4))
     shutil.rmtree(mixed)
+
+
+@pytest.mark.parametrize("batch_size,num_devices", [(100, 1), (100, 2), (104, 8), (8, 8)])
+def test_a_small_set_is_padded_to_the_smallest_halving_of_the_batch_that_holds_it(
+        batch_size, num_devices):
+    import math
+
+    per_device = batch_size // num_devices
+    sizes = {math.ceil(per_device / 2**j) * num_devices for j in range(12)}
+    for n in range(1, batch_size + 1):
+        want = min(s for s in sizes if s >= n)
+        assert features.padded_size(n, batch_size, num_devices) == want, n
+    assert features.padded_size(16, 100, 2) == 26 and features.padded_size(51, 100, 2) == 100

@@ -30,6 +30,16 @@ def _preprocessor(mode: str, mesh):
     )
 
 
+def padded_size(n: int, batch_size: int, num_devices: int) -> int:
+    """The batch n images are padded to: the smallest of batch_size, then repeated halvings
+    rounded up to a multiple of num_devices (batch_size is one), that holds n. A small set is not
+    padded to a whole batch, and at most log2(batch_size / num_devices) more programs compile."""
+    per_device = batch_size // num_devices
+    while per_device > 1 and -(-per_device // 2) * num_devices >= n:
+        per_device = -(-per_device // 2)
+    return per_device * num_devices
+
+
 def check_images(images: np.ndarray, name: str = "images") -> np.ndarray:
     """Validates the input contract and returns `images` as a numpy array.
 
@@ -63,7 +73,7 @@ class InceptionExtractor:
     """FID Inception-v3 over a mesh: `extract(images)` -> {'pool3': [N, 2048] float32} (plus
     'logits_unbiased': [N, 1008] when the params hold the fc head).
 
-    The network is compiled once per padded batch size (see _padded_size); preprocessing
+    The network is compiled once per padded batch size (see padded_size); preprocessing
     (resize to 299 and scaling) is compiled once per input shape and dtype. Every process must
     pass the same images; each device computes its slice of every batch."""
 
@@ -87,18 +97,6 @@ class InceptionExtractor:
         self._net = _network(self.has_head, self.mesh)
         self._preprocess = _preprocessor(self.preprocessing, self.mesh)
 
-    def _padded_size(self, n: int) -> int:
-        """The smallest of batch_size, batch_size / 2, batch_size / 4, ... (each rounded up to a
-        multiple of the device count) that holds n images: a small set is not padded to a whole
-        batch, and at most log2(batch_size) extra programs are compiled."""
-        n_dev, size = self.mesh.devices.size, self.batch_size
-        while size > n_dev:
-            half = -(-(size // 2) // n_dev) * n_dev
-            if half < n or half == size:
-                break
-            size = half
-        return size
-
     def _global(self, batch: np.ndarray) -> jax.Array:
         return jax.make_array_from_callback(batch.shape, self._data, lambda index: batch[index])
 
@@ -108,7 +106,8 @@ class InceptionExtractor:
         n = len(images)
         if n > self.batch_size:
             raise DataError(f"{n} images exceed the batch size {self.batch_size}")
-        padded = np.zeros((self._padded_size(n), *images.shape[1:]), images.dtype)
+        size = padded_size(n, self.batch_size, self.mesh.devices.size)
+        padded = np.zeros((size, *images.shape[1:]), images.dtype)
         padded[:n] = images
         x = self._preprocess(self._global(padded))
         out = parallel.to_host(self._net(self.params, x))
