@@ -98,6 +98,16 @@ def configure_backend(config) -> None:
         jax.config.update("jax_num_cpu_devices", cpu_devices)
 
 
+def _warn_unapplied_cpu_devices(config) -> None:
+    """A CPU backend started before configure_backend(config) keeps its own device count; say so
+    rather than run silently on fewer devices than the config asks for."""
+    wanted = int(config.mesh.cpu_devices)
+    if wanted and jax.default_backend() == "cpu" and jax.local_device_count() != wanted:
+        logging.warning("config.mesh.cpu_devices=%d, but the CPU backend has %d device(s): JAX "
+                        "started before configure_backend(config) ran; call it first, as "
+                        "launch.py does", wanted, jax.local_device_count())
+
+
 def _check_every_section(config) -> None:
     """Every registered part's section present in the config holds valid options, picked or
     not, so a typo in an unused section fails at start-up too."""
@@ -129,6 +139,8 @@ class Experiment:
         if "autoencoder" in config:  # the first stage's section (--mode=train_autoencoder)
             _settings(settings.AutoencoderOptions, config, "autoencoder")
         m = self.mesh_options
+        if devices:
+            _warn_unapplied_cpu_devices(config)
         self.mesh = parallel.make_mesh(m.num_devices, m.shape) if devices else None
         d = self.data
         self.image_shape, self.num_classes = data.dataset_spec(d.name, d.data_dir, d.image_size)

@@ -213,3 +213,18 @@ def test_migration_moves_non_default_values_to_their_new_keys():
     assert merged.sampling.ddpm.variance == "large" and merged.sampling.ode.rtol == 1e-3
     assert merged.eval.metrics == ("fid", "kid", "precision_recall")
     assert merged.eval.kid.subsets == 7
+
+
+def test_cpu_devices_the_started_backend_lacks_are_warned_about(data_dir, caplog):
+    import jax
+    from conftest import tiny_config
+
+    from diffjax.experiment import Experiment
+
+    have = jax.local_device_count()
+    with caplog.at_level("WARNING"):
+        Experiment(tiny_config(data_dir, **{"mesh.cpu_devices": have}), load_data=False)
+    assert "cpu_devices" not in caplog.text
+    with caplog.at_level("WARNING"):
+        Experiment(tiny_config(data_dir, **{"mesh.cpu_devices": have + 1}), load_data=False)
+    assert f"cpu_devices={have + 1}, but the CPU backend has {have} device(s)" in caplog.text
