@@ -52,19 +52,20 @@ def step_breakdown(trace: dict, skip_steps: int = 1) -> dict:
     threads = {(e["pid"], e["tid"]): e["args"]["name"] for e in trace["traceEvents"]
                if e.get("ph") == "M" and e.get("name") == "thread_name"}
     starts = sorted(e["ts"] for e in events if e["name"] == STEP_EVENT)
-    windows = list(zip(starts[skip_steps:], starts[skip_steps + 1:]))
-    if not windows:
+    n = len(starts) - skip_steps - 1  # whole steps: from each counted launch to the next
+    if n < 1:
         raise ValueError(f"the trace has {len(starts)} train-step launches; "
                          f"need at least {skip_steps + 2}")
+    lo, hi = starts[skip_steps], starts[-1]
     kinds, ops = collections.Counter(), collections.Counter()
     for e in events:
         if threads.get((e["pid"], e["tid"]), "").startswith(_HOST_THREADS):
             continue
         kind = op_kind(e["name"])
-        if kind and any(a <= e["ts"] < b for a, b in windows):
+        if kind and lo <= e["ts"] < hi:
             kinds[kind] += e["dur"]
             ops[e["name"]] += e["dur"]
-    n, total = len(windows), sum(kinds.values())
+    total = sum(kinds.values())
     return {"steps": n, "ms_per_step": round(total / 1e3 / n, 2),
             "kinds": {k: {"ms": round(t / 1e3 / n, 2), "share": round(t / total, 4)}
                       for k, t in kinds.most_common()},
