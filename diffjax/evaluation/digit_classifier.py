@@ -107,23 +107,38 @@ def fit_classifier(images, labels, test_images, test_labels, num_classes: int,
 
 ORIENTATIONS = ("upright", "mirrored", "rotated")
 MIN_ROTATION = math.pi / 4  # "rotated": by 45 to 180 degrees either way, mirrored or not
+MAX_TILT = math.pi / 12     # "upright" allows a tilt of 15 degrees, within handwriting's own slant
+BLURRED_SHARE = 0.5
 
 
 def orient(images: np.ndarray, kinds: np.ndarray, seed: int = 0) -> np.ndarray:
     """uint8 images [N, H, W, 1] transformed as kinds [N] (indices into ORIENTATIONS) say:
-    mirrored left-right, or rotated by a random angle of MIN_ROTATION to pi either way (and
-    mirrored half the time)."""
+    as they are, mirrored left-right, or rotated by MIN_ROTATION to pi either way (and mirrored
+    half the time). BLURRED_SHARE of each kind is resampled bilinearly (core.augment.warp):
+    through the augmentation's scale and anisotropy, a sub-pixel shift and, for the upright and
+    mirrored, a tilt of at most MAX_TILT; the rest exactly (flips and quarter turns), so the
+    interpolation blur that an augmented model's samples carry says nothing about orientation."""
     from diffjax.core import augment
 
     rng = np.random.default_rng(seed)
-    n = len(images)
-    angle = rng.uniform(MIN_ROTATION, math.pi, n) * rng.choice([-1.0, 1.0], n)
-    params = augment.identity_params(n)
-    params["xflip"] = jnp.asarray((kinds == 1) | ((kinds == 2) & (rng.random(n) < 0.5)),
-                                  jnp.float32)
-    params["theta"] = jnp.asarray(np.where(kinds == 2, angle, 0.0), jnp.float32)
-    out = augment.warp(jnp.asarray(images, jnp.float32), augment.inverse_matrix(params))
-    return np.clip(np.rint(np.asarray(out)), 0, 255).astype(np.uint8)
+    n, kinds = len(images), np.asarray(kinds)
+    blurred = rng.random(n) < BLURRED_SHARE
+    flip = (kinds == 1) | ((kinds == 2) & (rng.random(n) < 0.5))
+    turn = rng.uniform(MIN_ROTATION, math.pi, n) * rng.choice([-1.0, 1.0], n)
+    nuisance = {"xflip": flip.astype(np.float32),
+                "theta": np.where(kinds == 2, turn, rng.uniform(-MAX_TILT, MAX_TILT, n)),
+                "log2_scale": rng.normal(0.0, augment.SCALE_STD, n),
+                "log2_aniso": rng.normal(0.0, augment.ANISO_STD, n),
+                "tx": rng.uniform(-0.5, 0.5, n), "ty": rng.uniform(-0.5, 0.5, n)}
+    params = {k: jnp.asarray(v, jnp.float32) for k, v in nuisance.items()}
+    warped = augment.warp(jnp.asarray(images, jnp.float32), augment.inverse_matrix(params))
+    out = np.where(flip[:, None, None, None], images[:, :, ::-1], images)
+    quarters = rng.integers(1, 4, n)
+    for k in (1, 2, 3):
+        chosen = (kinds == 2) & (quarters == k)
+        out[chosen] = np.rot90(out[chosen], k, axes=(1, 2))
+    warped = np.clip(np.rint(np.asarray(warped)), 0, 255).astype(np.uint8)
+    return np.where(blurred[:, None, None, None], warped, out)
 
 
 def _oriented(images: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -137,10 +152,10 @@ def train_orientation_classifier(data_dir: str = "", name: str = "mnist_embedded
                                  test_split: str = "train[90%:]", num_steps: int = 1500,
                                  seed: int = 0) -> tuple[DigitClassifier, dict]:
     """DigitCNN over ORIENTATIONS, trained on the unaugmented digits of `train_split` shown
-    upright, mirrored and rotated. Returns it and its read of the held-out `test_split` in each
-    orientation: {'<orientation>_read_transformed': share read as mirrored or rotated}. Digits
-    symmetric under a flip or a half turn (0, 1, 8) read as upright either way, so the
-    upright share is the floor of what a sample set can show."""
+    upright, mirrored and rotated, half of each resampled (orient). Returns it and its read of
+    the held-out `test_split` in each orientation: {'<orientation>_read_transformed': share read
+    as mirrored or rotated}. Digits symmetric under a flip or a half turn (0, 1, 8) read as
+    upright either way, so the upright share is the floor of what a sample set can show."""
     images, _ = _split(name, train_split, data_dir)
     test_images, _ = _split(name, test_split, data_dir)
     x, y = _oriented(images, seed)
