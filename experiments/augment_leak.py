@@ -90,8 +90,7 @@ def table(results: dict) -> str:
     s = results["settings"]
     lines = [f"Default recipe on `train[:{s['num_train']}]` of the embedded digits, "
              f"{s['steps']} steps at batch {s['batch_size']}, augmentation p = {s['p']} per "
-             f"transform "
-             f"({', '.join(s['transforms'])}); {s['num_samples']} samples, "
+             f"transform ({', '.join(s['transforms'])}); {s['num_samples']} samples, "
              f"{s['sampler']}. FID/KID against the 5,000 digits; copy rate against the "
              f"{s['num_train']} training digits; leak: share read as mirrored or rotated by the "
              f"orientation classifier (held-out accuracy {s['classifier_accuracy']:.3f}; the "
@@ -113,6 +112,7 @@ def main(argv=None) -> int:
     parser.add_argument("--num_samples", type=int, default=500)
     parser.add_argument("--arms", nargs="+", default=["none", "leak_free", "leaky"])
     args = parser.parse_args(argv)
+    from configs import default
     from diffjax.core import augment
     from diffjax.evaluation import digit_classifier
 
@@ -123,7 +123,8 @@ def main(argv=None) -> int:
     record = os.path.join(OUT_DIR, "results.json")
     settings = {"num_train": args.num_train, "steps": args.steps, "p": args.p,
                 "num_samples": args.num_samples, "transforms": list(augment.TRANSFORMS),
-                "sampler": "ddpm, 100 steps (configs/default.py)", "batch_size": 32,
+                "sampler": "ddpm, 100 steps (configs/default.py)",
+                "batch_size": default.get_config().training.batch_size,
                 "meter": "orientation classifier trained with blur in every orientation"}
     results = {"settings": settings, "arms": {}}
     if os.path.exists(record):

@@ -130,15 +130,16 @@ def orient(images: np.ndarray, kinds: np.ndarray, seed: int = 0) -> np.ndarray:
                 "log2_scale": rng.normal(0.0, augment.SCALE_STD, n),
                 "log2_aniso": rng.normal(0.0, augment.ANISO_STD, n),
                 "tx": rng.uniform(-0.5, 0.5, n), "ty": rng.uniform(-0.5, 0.5, n)}
-    params = {k: jnp.asarray(v, jnp.float32) for k, v in nuisance.items()}
-    warped = augment.warp(jnp.asarray(images, jnp.float32), augment.inverse_matrix(params))
     out = np.where(flip[:, None, None, None], images[:, :, ::-1], images)
     quarters = rng.integers(1, 4, n)
     for k in (1, 2, 3):
-        chosen = (kinds == 2) & (quarters == k)
+        chosen = (kinds == 2) & (quarters == k) & ~blurred
         out[chosen] = np.rot90(out[chosen], k, axes=(1, 2))
-    warped = np.clip(np.rint(np.asarray(warped)), 0, 255).astype(np.uint8)
-    return np.where(blurred[:, None, None, None], warped, out)
+    params = {k: jnp.asarray(v[blurred], jnp.float32) for k, v in nuisance.items()}
+    warped = augment.warp(jnp.asarray(images[blurred], jnp.float32),
+                          augment.inverse_matrix(params))
+    out[blurred] = np.clip(np.rint(np.asarray(warped)), 0, 255).astype(np.uint8)
+    return out
 
 
 def _oriented(images: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
