@@ -55,9 +55,9 @@ def row_key(guide: str, step: int, weight: float) -> str:
 
 def experiment(main: str, overrides: dict):
     """The Experiment of the main run (its config.json over configs/default.py, as launch.py
-    reads a workdir) with `overrides` (dotted keys) on top."""
+    reads a workdir) with `overrides` (dotted keys) on top, on its mesh.cpu_devices."""
     from diffjax import config_lib
-    from diffjax.experiment import Experiment
+    from diffjax.experiment import Experiment, configure_backend
 
     with open(os.path.join(main, "config.json")) as f:
         saved = json.load(f)
@@ -65,6 +65,7 @@ def experiment(main: str, overrides: dict):
     config = config_lib.merge_saved(base, saved, set())
     for key, value in overrides.items():
         config_lib.set_field(config, key, value)
+    configure_backend(config)
     return Experiment(config, main, load_data=False)
 
 

@@ -1,14 +1,14 @@
-"""A two-stage cascade on the embedded digits against the single-stage model at the same total
-steps: FID/KID at the final 28x28 resolution and wall time.
+"""A two-stage cascade on the embedded digits against the single-stage main job at the same total
+steps: FID/KID, copy rate and digit classes at the final 28x28 resolution, and wall time.
 
-    python -m experiments.cascade [--num_samples 1000] [--baseline runs/mnist_phema]
+    python -m experiments.cascade [--num_samples 2000] [--baseline EVAL_JSON | WORKDIR]
 
-Trains configs/mnist_cascade_base.py (14x14, 800 steps) and configs/mnist_cascade_sr.py
-(14 -> 28, 800 steps) through launch.py into runs/ (a rerun resumes or skips them), then scores
-the cascade (--mode=eval with config.sampling.cascade) and the baseline run (configs/
-mnist_phema.py, 1,600 steps; train it first) with the same sampler (DDPM, 100 steps per stage),
-num_samples samples against the 5,000 embedded digits. Writes experiments/results/cascade/
-results.json and table.md.
+Trains configs/mnist_cascade_base.py (14x14, 550 steps) and configs/mnist_cascade_sr.py
+(14 -> 28, 550 steps) through launch.py into runs/ (a rerun resumes or skips them), then scores
+the cascade (--mode=eval with config.sampling.cascade) as `bash run.sh train` scores the main job
+(configs/default.py, 1,100 steps): DDPM 100 steps per stage, num_samples samples against the
+5,000 embedded digits. The baseline is the main job's committed eval JSON by default, or a
+trained workdir to score here. Writes experiments/results/cascade/results.json and table.md.
 """
 
 from __future__ import annotations
@@ -24,13 +24,27 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OUT_DIR = os.path.join(ROOT, "experiments", "results", "cascade")
 BASE, SR = os.path.join(ROOT, "runs", "mnist_cascade_base"), os.path.join(ROOT, "runs",
                                                                           "mnist_cascade_sr")
+MAIN_JOB = os.path.join(ROOT, "experiments", "results", "mnist_main_job", "main_job")
+MAIN_JOB_EVAL = os.path.join(MAIN_JOB, "eval_step1100_ddpm100_n2000_seeds0-0_min.json")
+METRICS = ("fid", "kid", "copy_rate", "digit_classes")  # run.sh's final evaluation
 
 
-def train(config: str, workdir: str) -> float:
+def main_job_training_seconds() -> float | None:
+    """The training time run.sh recorded with the committed main-job eval, if any."""
+    path = os.path.join(MAIN_JOB, "run_sh_times.txt")
+    if not os.path.exists(path):
+        return None
+    for line in open(path):
+        if line.startswith("training:"):
+            return float(line.split()[1])
+    return None
+
+
+def train(config: str, workdir: str, *overrides: str) -> float:
     start = time.time()
     subprocess.run([sys.executable, os.path.join(ROOT, "launch.py"), "--config",
-                    os.path.join(ROOT, "configs", config), "--workdir", workdir], check=True,
-                   cwd=ROOT)
+                    os.path.join(ROOT, "configs", config), "--workdir", workdir, *overrides],
+                   check=True, cwd=ROOT)
     return time.time() - start
 
 
@@ -43,16 +57,20 @@ def evaluate(workdir: str, overrides: dict) -> dict:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--num_samples", type=int, default=1000)
-    parser.add_argument("--baseline", default=os.path.join(ROOT, "runs", "mnist_phema"))
+    parser.add_argument("--num_samples", type=int, default=2000)
+    parser.add_argument("--baseline", default=MAIN_JOB_EVAL,
+                        help="the single stage: an eval JSON, or a trained workdir to score")
     args = parser.parse_args(argv)
-    if not os.path.isfile(os.path.join(args.baseline, "config.json")):
-        parser.error(f"--baseline {args.baseline!r} has no config.json: train it first "
-                     f"(python launch.py --config configs/mnist_phema.py --workdir ...)")
+    from_json = args.baseline.endswith(".json")
+    if from_json and not os.path.isfile(args.baseline):
+        parser.error(f"--baseline {args.baseline!r} does not exist")
+    if not from_json and not os.path.isfile(os.path.join(args.baseline, "config.json")):
+        parser.error(f"--baseline {args.baseline!r} is neither an eval JSON nor a trained "
+                     f"workdir (no config.json): train it first (bash run.sh train)")
     os.makedirs(OUT_DIR, exist_ok=True)
     record = os.path.join(OUT_DIR, "results.json")
     rows = json.load(open(record)) if os.path.exists(record) else {}
-    common = {"eval.num_samples": args.num_samples, "eval.metrics": ("fid", "kid"),
+    common = {"eval.num_samples": args.num_samples, "eval.metrics": METRICS,
               "data.split": "train"}  # the reference: all 5,000 digits
     if "cascade" not in rows:
         seconds = {"base": train("mnist_cascade_base.py", BASE),
@@ -62,24 +80,44 @@ def main(argv=None) -> int:
             k: v for k, v in result.items() if k not in ("per_seed", "sampling_config")}}
         json.dump(rows, open(record, "w"), indent=2, default=str)
     if "single" not in rows:
-        result = evaluate(args.baseline, common)
-        rows["single"] = {"result": {k: v for k, v in result.items()
-                                     if k not in ("per_seed", "sampling_config")}}
+        if from_json:
+            result = json.load(open(args.baseline))
+            rows["single"] = {"source": os.path.relpath(args.baseline, ROOT),
+                              "train_seconds": main_job_training_seconds()}
+        else:
+            result = evaluate(args.baseline, common)
+            rows["single"] = {"source": os.path.relpath(args.baseline, ROOT),
+                              "train_seconds": None}
+        if result["num_samples"] != args.num_samples:
+            parser.error(f"--baseline {args.baseline!r} scored {result['num_samples']} samples, "
+                         f"not --num_samples {args.num_samples}")
+        rows["single"]["result"] = {k: v for k, v in result.items()
+                                    if k not in ("per_seed", "sampling_config")}
         json.dump(rows, open(record, "w"), indent=2, default=str)
-    lines = [f"Embedded digits, 28x28, {args.num_samples} samples against the 5,000 digits, "
-             f"DDPM 100 steps per stage, EDM2 power EMA sigma_rel 0.05, train[:90%]. "
-             f"Reproduce: `python -m experiments.cascade --num_samples {args.num_samples}`.", "",
-             "| model | training steps | FID | KID | NFE | sampling (s) | training (s) |",
-             "|---|---|---|---|---|---|---|"]
+    from diffjax import config_lib
+
+    steps = {name: config_lib.load_config_file(os.path.join(ROOT, "configs", name))
+             .training.num_steps for name in ("mnist_cascade_base.py", "mnist_cascade_sr.py")}
     c, s = rows["cascade"], rows["single"]
-    lines.append(f"| cascade 14x14 + 14->28 | 800 + 800 | {c['result']['fid']:.2f} | "
-                 f"{c['result']['kid_mean']:.4f} | {c['result']['nfe']} | "
-                 f"{c['result']['sampling_seconds']:.0f} | "
-                 f"{c['train_seconds']['base']:.0f} + {c['train_seconds']['sr']:.0f} |")
-    lines.append(f"| single stage 28x28 (`{os.path.relpath(args.baseline, ROOT)}`) | 1600 | "
-                 f"{s['result']['fid']:.2f} | {s['result']['kid_mean']:.4f} | "
-                 f"{s['result']['nfe']} | {s['result']['sampling_seconds']:.0f} | "
-                 f"see its log |")
+    lines = [f"Embedded digits, 28x28, {args.num_samples} samples against the 5,000 digits, "
+             f"DDPM 100 steps per stage, the main job's recipe (configs/default.py: cosine, v, "
+             f"batch 32, EMA 0.999, all 5,000 digits). Reproduce: `python -m experiments.cascade "
+             f"--num_samples {args.num_samples}`.", "",
+             "| model | training steps | FID | KID | copy rate | classes | NFE | sampling (s) "
+             "| training (s) |", "|---|---|---|---|---|---|---|---|---|"]
+
+    def row(name, steps_text, r, train_text):
+        return (f"| {name} | {steps_text} | {r['fid']:.2f} | {r['kid_mean']:.4f} | "
+                f"{r.get('copy_rate', float('nan')):.4f} | {r.get('classes_present', '-')} | "
+                f"{r['nfe']} | {r['sampling_seconds']:.0f} | {train_text} |")
+
+    base_steps, sr_steps = steps["mnist_cascade_base.py"], steps["mnist_cascade_sr.py"]
+    lines.append(row("cascade 14x14 + 14->28", f"{base_steps} + {sr_steps}", c["result"],
+                     f"{c['train_seconds']['base']:.0f} + {c['train_seconds']['sr']:.0f}"))
+    lines.append(row("single stage 28x28, the main job (`configs/default.py`)",
+                     str(s["result"]["step"]),
+                     s["result"], "-" if s["train_seconds"] is None
+                     else f"{s['train_seconds']:.0f}"))
     with open(os.path.join(OUT_DIR, "table.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from diffjax import data
+from diffjax import data, progress
 
 
 class DigitCNN(nn.Module):
@@ -96,10 +96,14 @@ def fit_classifier(images, labels, test_images, test_labels, num_classes: int,
         return optax.apply_updates(params, updates), opt_state
 
     rng = np.random.default_rng(seed)
-    for i in range(num_steps):
-        idx = rng.integers(0, len(images), batch_size)
-        params, opt_state = step(params, opt_state, images[idx], labels[idx],
-                                 jax.random.fold_in(key, i))
+    with progress.bar(num_steps, "step", f"{num_classes}-class digit classifier") as bar:
+        for i in range(num_steps):
+            idx = rng.integers(0, len(images), batch_size)
+            params, opt_state = step(params, opt_state, images[idx], labels[idx],
+                                     jax.random.fold_in(key, i))
+            if (i + 1) % 50 == 0 or i + 1 == num_steps:  # count finished steps, not dispatched
+                jax.block_until_ready(params)
+                bar.update(i + 1 - bar.n)
     classifier = DigitClassifier(params, 0.0, num_classes)
     classifier.held_out_accuracy = float(np.mean(classifier.predict(test_images) == test_labels))
     return classifier

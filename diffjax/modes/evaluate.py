@@ -12,12 +12,12 @@ from __future__ import annotations
 import json
 import os
 import time
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import jax
 import numpy as np
 
-from diffjax import restore, writers
+from diffjax import progress, restore, writers
 from diffjax.errors import ConfigError
 from diffjax.evaluation.evaluator import Evaluator
 from diffjax.experiment import Experiment
@@ -57,7 +57,8 @@ def evaluate_workdir(exp) -> dict:
             start = time.perf_counter()
             images, stages = sample_cascade(exp, params, ev.num_samples, seed)
             clock[0] = time.perf_counter() - start
-            batches = iter(np.array_split(images, -(-len(images) // s.batch_size)))
+            batches = _counted(np.array_split(images, -(-len(images) // s.batch_size)),
+                               len(images), f"eval: features of the cascade, seed {seed}")
         else:
             batches = _timed(gen.iter_samples(params, ev.num_samples, seed=seed,
                                               progress=f"eval: sample + features, seed {seed}"),
@@ -124,6 +125,14 @@ def _keep_first(batches: Iterator[np.ndarray], store: list, n: int) -> Iterator[
         if sum(len(b) for b in store) < n:
             store.append(np.asarray(batch))
         yield batch
+
+
+def _counted(batches: Iterable[np.ndarray], total: int, desc: str) -> Iterator[np.ndarray]:
+    """Yields `batches` under a progress bar of `total` images, each counted once consumed."""
+    with progress.bar(total, "img", desc) as bar:
+        for batch in batches:
+            yield batch
+            bar.update(len(batch))
 
 
 def _timed(batches: Iterator[np.ndarray], clock: list[float]) -> Iterator[np.ndarray]:
