@@ -3,7 +3,7 @@ U-Net and recipe (configs/default.py) at 28x28 takes the bilinearly upsampled 14
 its noise level as two more input channels (conditioning.name='low_res'); CDM's Gaussian
 conditioning augmentation trains at levels U[0, 0.3] (std on [-1, 1] pixels) and sampling
 conditions on 0.1, so the stage repairs the base model's small errors instead of copying them.
-550 steps of 32. Sample the cascade with
+550 steps of 32: 1,113,377 params. Sample the cascade with
     python launch.py --mode=sample --workdir runs/mnist_cascade_sr \\
         --config.sampling.cascade="('runs/mnist_cascade_base',)"
 """
