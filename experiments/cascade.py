@@ -40,11 +40,11 @@ def main_job_training_seconds() -> float | None:
     return None
 
 
-def train(config: str, workdir: str, *overrides: str) -> float:
+def train(config: str, workdir: str) -> float:
     start = time.time()
     subprocess.run([sys.executable, os.path.join(ROOT, "launch.py"), "--config",
-                    os.path.join(ROOT, "configs", config), "--workdir", workdir, *overrides],
-                   check=True, cwd=ROOT)
+                    os.path.join(ROOT, "configs", config), "--workdir", workdir], check=True,
+                   cwd=ROOT)
     return time.time() - start
 
 
@@ -114,7 +114,9 @@ def main(argv=None) -> int:
     base_steps, sr_steps = steps["mnist_cascade_base.py"], steps["mnist_cascade_sr.py"]
     lines.append(row("cascade 14x14 + 14->28", f"{base_steps} + {sr_steps}", c["result"],
                      f"{c['train_seconds']['base']:.0f} + {c['train_seconds']['sr']:.0f}"))
-    lines.append(row("single stage 28x28, the main job (`configs/default.py`)",
+    main_job = s["source"] == os.path.relpath(MAIN_JOB_EVAL, ROOT)
+    lines.append(row("single stage 28x28, " + ("the main job (`configs/default.py`)" if main_job
+                                               else f"`{s['source']}`"),
                      str(s["result"]["step"]),
                      s["result"], "-" if s["train_seconds"] is None
                      else f"{s['train_seconds']:.0f}"))

@@ -56,9 +56,10 @@ class Evaluator:
         return {n: self.metrics[n] for n in names
                 if not (self.metrics[n].needs_logits and not self.has_head)}
 
-    def score(self, image_batches: Iterable[np.ndarray], names=None) -> dict:
+    def score(self, image_batches: Iterable[np.ndarray], names=None, bar=None) -> dict:
         """Metrics of generated uint8 [n, H, W, C] batches against the reference. names: the
-        metrics to compute (None: all of config.eval.metrics), e.g. ('fid',) during training."""
+        metrics to compute (None: all of config.eval.metrics), e.g. ('fid',) during training.
+        bar: a progress bar advanced by each batch's extracted images (features.summarise)."""
         chosen = self._usable(self.metrics if names is None else names)
         keep = any(m.needs_features for m in chosen.values())
         want_logits = any(m.needs_logits for m in chosen.values())
@@ -68,7 +69,7 @@ class Evaluator:
         if want_pixels:
             image_batches = _kept(image_batches, pixels)
         generated = features.summarise(self.extractor.iter_batches(image_batches), keep,
-                                       want_logits)
+                                       want_logits, bar)
         ref = self.reference
         if want_pixels:
             generated["pixels"] = np.concatenate(pixels)

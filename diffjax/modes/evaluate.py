@@ -9,10 +9,11 @@ Writes WORKDIR/eval/<name>.json and returns the result.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
-from typing import Iterable, Iterator
+from typing import Iterator
 
 import jax
 import numpy as np
@@ -57,15 +58,19 @@ def evaluate_workdir(exp) -> dict:
             start = time.perf_counter()
             images, stages = sample_cascade(exp, params, ev.num_samples, seed)
             clock[0] = time.perf_counter() - start
-            batches = _counted(np.array_split(images, -(-len(images) // s.batch_size)),
-                               len(images), f"eval: features of the cascade, seed {seed}")
+            batches = iter(np.array_split(images, -(-len(images) // s.batch_size)))
         else:
             batches = _timed(gen.iter_samples(params, ev.num_samples, seed=seed,
                                               progress=f"eval: sample + features, seed {seed}"),
                              clock)
         if seed == seeds[0]:
             batches = _keep_first(batches, shown, s.grid_samples)
-        scores = evaluator.score(batches)
+        # the cascade's images exist before their features; sampling draws its own bar
+        feature_bar = (progress.bar(ev.num_samples, "img",
+                                    f"eval: features of the cascade, seed {seed}")
+                       if s.cascade else contextlib.nullcontext())
+        with feature_bar as bar:
+            scores = evaluator.score(batches, bar=bar)
         per_seed.append({"seed": seed, **scores, "sampling_seconds": clock[0],
                          "samples_per_sec": ev.num_samples / max(clock[0], 1e-9)})
         if s.cascade:
@@ -125,14 +130,6 @@ def _keep_first(batches: Iterator[np.ndarray], store: list, n: int) -> Iterator[
         if sum(len(b) for b in store) < n:
             store.append(np.asarray(batch))
         yield batch
-
-
-def _counted(batches: Iterable[np.ndarray], total: int, desc: str) -> Iterator[np.ndarray]:
-    """Yields `batches` under a progress bar of `total` images, each counted once consumed."""
-    with progress.bar(total, "img", desc) as bar:
-        for batch in batches:
-            yield batch
-            bar.update(len(batch))
 
 
 def _timed(batches: Iterator[np.ndarray], clock: list[float]) -> Iterator[np.ndarray]:
