@@ -3,7 +3,8 @@ job's recipe (configs/default.py: cosine, v, batch 32, EMA 0.999) at 14x14 (data
 resizes with PIL's antialiased bilinear), a two-level U-Net (14 -> 7, attention at 7), 550 steps:
 701,345 params.
 Stage 2 is configs/mnist_cascade_sr.py; together they spend the 1,100 steps of the single-stage
-main job, which they are compared with (experiments/cascade.py)."""
+main job, which they are compared with (experiments/cascade.py). That comparison also trains
+this base for 2,200 steps (--base_steps), about the main job's training time with stage 2's."""
 
 from configs import default
 
