@@ -1,5 +1,6 @@
 """A two-stage cascade on the embedded digits against the single-stage main job at the same total
-steps: FID/KID, copy rate and digit classes at the final 28x28 resolution, and wall time.
+steps and at about the same training time: FID/KID, copy rate and digit classes at the final
+28x28 resolution, and wall time.
 
     python -m experiments.cascade [--num_samples 2000] [--base_steps 2200]
                                   [--baseline EVAL_JSON | WORKDIR]
@@ -143,7 +144,8 @@ def main(argv=None) -> int:
                      str(s["result"]["step"]),
                      s["result"], "-" if s["train_seconds"] is None
                      else f"{s['train_seconds']:.0f}"))
-    lines += [""] + [f"{name}: {r['note']}" for name, r in rows.items() if r.get("note")]
+    notes = [f"{name}: {r['note']}" for name, r in rows.items() if r.get("note")]
+    lines += [""] + notes if notes else []
     with open(os.path.join(OUT_DIR, "table.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines))
