@@ -53,6 +53,11 @@ def train(config: str, workdir: str, *flags: str) -> float:
     return time.time() - start
 
 
+def summary(result: dict) -> dict:
+    """An eval result without its per-seed rows and sampling config, as results.json keeps it."""
+    return {k: v for k, v in result.items() if k not in ("per_seed", "sampling_config")}
+
+
 def evaluate(workdir: str, overrides: dict) -> dict:
     from diffjax.modes.evaluate import evaluate_workdir
     from experiments.autoguidance import experiment
@@ -84,8 +89,7 @@ def main(argv=None) -> int:
         seconds = {"base": train("mnist_cascade_base.py", BASE),
                    "sr": train("mnist_cascade_sr.py", SR)}
         result = evaluate(SR, {**common, "sampling.cascade": (BASE,)})
-        rows["cascade"] = {"train_seconds": seconds, "result": {
-            k: v for k, v in result.items() if k not in ("per_seed", "sampling_config")}}
+        rows["cascade"] = {"train_seconds": seconds, "result": summary(result)}
         json.dump(rows, open(record, "w"), indent=2, default=str)
     if args.base_steps and "cascade_long" not in rows:
         steps = [f"--config.training.{key}={args.base_steps}"
@@ -95,8 +99,7 @@ def main(argv=None) -> int:
                    "sr": rows["cascade"]["train_seconds"]["sr"]}
         result = evaluate(SR, {**common, "sampling.cascade": (BASE_LONG,)})
         rows["cascade_long"] = {"train_seconds": seconds, "base_steps": args.base_steps,
-                                "result": {k: v for k, v in result.items()
-                                           if k not in ("per_seed", "sampling_config")}}
+                                "result": summary(result)}
         json.dump(rows, open(record, "w"), indent=2, default=str)
     if "single" not in rows:
         if from_json:
@@ -110,8 +113,7 @@ def main(argv=None) -> int:
         if result["num_samples"] != args.num_samples:
             parser.error(f"--baseline {args.baseline!r} scored {result['num_samples']} samples, "
                          f"not --num_samples {args.num_samples}")
-        rows["single"]["result"] = {k: v for k, v in result.items()
-                                    if k not in ("per_seed", "sampling_config")}
+        rows["single"]["result"] = summary(result)
         json.dump(rows, open(record, "w"), indent=2, default=str)
     from diffjax import config_lib
 

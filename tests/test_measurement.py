@@ -19,7 +19,7 @@ S = 0.5  # the data are N(MU, S^2 I): sigma_data = S
 MU = np.random.default_rng(0).normal(0.0, 0.3, SHAPE).astype(np.float32)
 N = 2000
 SAMPLER, SCHEDULE, SPACING = "heun", "edm", "karras"
-SIGMA_MAX = 80.0  # EDM's, where the sampler starts
+SIGMA_MAX = schedules.make_schedule(SCHEDULE).sigma_max  # where the sampler starts
 
 
 def exact_posterior(a: np.ndarray, y: np.ndarray, sigma_y: float):
@@ -53,6 +53,11 @@ def _run(method, op, y, sigma_y, noise, num_steps, dps_scale):
     return np.asarray(x).reshape(len(noise), DIMS)
 
 
+def _rows(a: np.ndarray) -> np.ndarray:
+    """The projector [D, D] onto A's row space, the observed subspace."""
+    return a.T @ np.linalg.pinv(a.T)
+
+
 def _sample(method, op, sigma_y, num_steps=64, dps_scale=1.0):
     """N posterior samples [N, D] for N observations [N, d] of N draws of the data."""
     rng = np.random.default_rng(1)
@@ -71,7 +76,7 @@ def _errors(x, y, op, sigma_y):
     mean, cov = exact_posterior(a, y, sigma_y)
     resid = x - mean
     z = np.abs(resid.mean(0)) / np.sqrt(np.diag(cov) / N)
-    rows = a.T @ np.linalg.pinv(a.T)  # the projector onto A's row space
+    rows = _rows(a)
     observed = resid @ rows
     return (z.max(), np.trace(np.cov(resid.T)) / np.trace(cov),
             np.trace(np.cov(observed.T)) / np.trace(rows @ cov @ rows))
@@ -108,7 +113,7 @@ def dps_law(a: np.ndarray, y: np.ndarray, sigma_y: float, zeta: float, sigma_max
     gain = zeta * S ** 2 / sigma_y ** 2 * (dawsn(np.sqrt(c)) - dawsn(t0 * np.sqrt(c))
                                           * np.exp(-c * v_m)) / np.sqrt(c)
     mu = MU.reshape(-1)
-    rows = a.T @ np.linalg.pinv(a.T)
+    rows = _rows(a)
     mean = mu - t0 * (np.eye(DIMS) - rows) @ mu - shrink * rows @ mu + gain * (y - mu @ a.T) @ a
     return mean, (shrink * sigma_max) ** 2
 
@@ -124,7 +129,7 @@ def test_dps_samples_its_closed_form_biased_law(sigma_y, zeta):
     x, y = _sample("dps", op, sigma_y, num_steps=256, dps_scale=zeta)
     a = _matrix(op)
     mean, observed_var = dps_law(a, y, sigma_y, zeta, SIGMA_MAX)
-    rows = a.T @ np.linalg.pinv(a.T)
+    rows = _rows(a)
     resid = x - mean
     cov = S ** 2 * (np.eye(DIMS) - rows) + observed_var * rows
     assert (np.abs(resid.mean(0)) / np.sqrt(np.diag(cov) / N)).max() < 4.0
